@@ -1,0 +1,83 @@
+"""Single-cell datasets for the classifiers: manifests of ../shared/data mapped onto a taxonomy.
+
+A sample is ``(path, label)`` with ``label`` a class name of the task's taxonomy. Sources:
+- ``pbc8``: PBC ``class8``.
+- ``wang11``: PBC fine labels (``PBC_FINE_TO_WANG11``) + lmu_aml blasts and segmented neutrophils. PBC's unspecified
+  ``neutrophil`` and ``ig`` fine labels, erythroblasts and platelets have no wang11 class and are left out.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from classification.taxonomies import LMU_TO_WANG11, PBC_FINE_TO_WANG11, check_task
+from pipelines.config import data_root
+
+
+def _manifest(name: str) -> tuple[Path, list[dict]]:
+    root = data_root() / name
+    path = root / "manifest.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found (real data lives in ../shared/data or $LEUKODIFF_DATA)")
+    with open(path, newline="") as f:
+        return root, list(csv.DictReader(f))
+
+
+def load_samples(task: str, split: str, sources: list[str] | None = None) -> list[tuple[Path, str]]:
+    """Samples ``(image path, class name)`` of ``task`` in ``split`` (train / val / test).
+
+    ``sources`` restricts the datasets (``pbc``, ``lmu_aml``); default: every source the task uses.
+    """
+    classes = set(check_task(task))
+    out = []
+    if task == "pbc8":
+        sources = sources or ["pbc"]
+        if "pbc" in sources:
+            root, rows = _manifest("pbc")
+            out += [(root / r["path"], r["class8"]) for r in rows if r["split"] == split]
+    elif task == "wang11":
+        sources = sources or ["pbc", "lmu_aml"]
+        if "pbc" in sources:
+            root, rows = _manifest("pbc")
+            out += [(root / r["path"], PBC_FINE_TO_WANG11[r["fine_label"]]) for r in rows
+                    if r["split"] == split and r["fine_label"] in PBC_FINE_TO_WANG11]
+        if "lmu_aml" in sources:
+            root, rows = _manifest("lmu_aml")
+            out += [(root / r["path"], LMU_TO_WANG11[r["label"]]) for r in rows if r["split"] == split]
+    else:
+        raise FileNotFoundError(f"no public training data for task '{task}' here; train it on your own images with "
+                                "a folder-per-class dataset (--data-dir)")
+    bad = {lab for _, lab in out if lab not in classes}
+    assert not bad, f"labels outside the taxonomy: {bad}"
+    return out
+
+
+def load_folder_samples(root: Path, classes: list[str]) -> list[tuple[Path, str]]:
+    """Samples from a folder-per-class layout ``root/<class>/*.jpg`` (classes outside ``classes`` are an error)."""
+    root = Path(root)
+    out = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        if d.name not in classes:
+            raise ValueError(f"{d}: folder name is not a class of the taxonomy {classes}")
+        out += [(p, d.name) for p in sorted(d.iterdir()) if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp",
+                                                                                  ".tif", ".tiff"}]
+    return out
+
+
+def load_array(samples: list[tuple[Path, str]], classes: list[str], size: int, progress: bool = False):
+    """Decode, pad to square and resize every sample once: ``(uint8 N x size x size x 3 RGB, int64 labels)``."""
+    import numpy as np
+
+    from pipelines.io import read_image, square_resize
+
+    x = np.empty((len(samples), size, size, 3), np.uint8)
+    y = np.array([classes.index(lab) for _, lab in samples], np.int64)
+    it = samples
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(samples, desc=f"decode {size}px", unit="img", mininterval=2)
+    for i, (p, _) in enumerate(it):
+        x[i] = square_resize(read_image(p), size)
+    return x, y

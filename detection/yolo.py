@@ -1,0 +1,200 @@
+"""Ultralytics YOLO backends (YOLOv3u, YOLOv8/11 nano...) with the project's own batched pre/post-processing.
+
+Both backends share one path: letterbox every image to ``imgsz`` x ``imgsz``, run the network on the batch (PyTorch
+or ONNX Runtime), decode the raw head output ``(B, 4 + K, A)`` (``cx, cy, w, h`` in canvas pixels, then K class
+scores) with class-aware NMS, and map the boxes back to original pixels. Ultralytics' own ``predict`` is only the
+naive baseline of the benchmark.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from detection import Detections, letterbox
+from pipelines.config import resolve_path
+
+
+def ultralytics_offline() -> None:
+    """Keep Ultralytics off the network; call before the first ``import ultralytics``.
+
+    Sets ``YOLO_OFFLINE`` (no DNS lookups at import), a private ``YOLO_CONFIG_DIR`` and puts a local TTF where
+    ``check_font('Arial.ttf')`` looks, so training never asks github.com for a font.
+    """
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_VERBOSE", "False")
+    cfg_dir = Path(os.environ.setdefault("YOLO_CONFIG_DIR", str(Path.home() / ".cache" / "leukodiff" / "ultralytics")))
+    font_dir = cfg_dir / "Ultralytics"
+    font_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+        if not (font_dir / name).exists():
+            try:
+                import matplotlib
+
+                src = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+                shutil.copyfile(src, font_dir / name)
+            except Exception:  # noqa: BLE001 - fonts only matter for plots
+                pass
+    from ultralytics.utils import SETTINGS
+
+    if SETTINGS.get("sync", False):
+        SETTINGS.update({"sync": False})
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Greedy NMS on ``xyxy`` boxes; returns kept indices, highest score first."""
+    order = np.argsort(-scores, kind="stable")
+    x1, y1, x2, y2 = boxes.T
+    areas = np.maximum(0, x2 - x1) * np.maximum(0, y2 - y1)
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        w = np.maximum(0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
+        h = np.maximum(0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
+        inter = w * h
+        ious = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-9)
+        order = rest[ious <= iou]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def decode(raw: np.ndarray, classes: list[str], metas: list[tuple[float, tuple[int, int], tuple[int, int]]],
+           conf: float, iou: float, max_det: int) -> list[Detections]:
+    """Decode a YOLO head output ``(B, 4 + K, A)`` into per-image ``Detections`` in original pixels.
+
+    ``metas`` holds per image the letterbox ``scale``, ``(left, top)`` padding and original ``(height, width)``.
+    """
+    out = []
+    for pred, (scale, (left, top), (h, w)) in zip(raw, metas):
+        pred = pred.T  # (A, 4 + K)
+        cls_scores = pred[:, 4:]
+        cls = cls_scores.argmax(1)
+        score = cls_scores[np.arange(len(cls)), cls]
+        m = score >= conf
+        if not m.any():
+            out.append(Detections())
+            continue
+        p, cls, score = pred[m], cls[m], score[m]
+        xyxy = np.stack([p[:, 0] - p[:, 2] / 2, p[:, 1] - p[:, 3] / 2, p[:, 0] + p[:, 2] / 2, p[:, 1] + p[:, 3] / 2], 1)
+        offset = cls[:, None].astype(np.float32) * 4096.0  # class-aware NMS in one call
+        keep = nms(xyxy + offset, score, iou)[:max_det]
+        xyxy = (xyxy[keep] - [left, top, left, top]) / scale
+        xyxy[:, [0, 2]] = xyxy[:, [0, 2]].clip(0, w)
+        xyxy[:, [1, 3]] = xyxy[:, [1, 3]].clip(0, h)
+        out.append(Detections(xyxy.astype(np.float32), score[keep].astype(np.float32),
+                              tuple(classes[int(c)] for c in cls[keep])))
+    return out
+
+
+def preprocess(images: list[np.ndarray], size: int) -> tuple[np.ndarray, list]:
+    """Letterbox RGB uint8 images into a float32 NCHW batch in [0, 1] plus the metas ``decode`` needs."""
+    batch = np.empty((len(images), 3, size, size), np.float32)
+    metas = []
+    for i, im in enumerate(images):
+        canvas, scale, pad = letterbox(im, size)
+        batch[i] = canvas.transpose(2, 0, 1)
+        metas.append((scale, pad, im.shape[:2]))
+    batch *= 1.0 / 255.0
+    return batch, metas
+
+
+def load_yolo_model(cfg: dict):
+    """Return ``(nn.Module, class names)`` for a YOLO config: trained weights if given, else the architecture yaml
+    built with ``len(classes)`` outputs (untrained; what tests use)."""
+    ultralytics_offline()
+    weights = resolve_path(cfg["weights"]) or resolve_path(cfg["pretrained"])
+    if weights is not None:
+        if not weights.exists():
+            raise FileNotFoundError(f"detector weights not found: {weights}")
+        from ultralytics import YOLO
+
+        model = YOLO(str(weights)).model
+        names = [model.names[i] for i in range(len(model.names))]
+        return model, names
+    from ultralytics.nn.tasks import DetectionModel
+
+    return DetectionModel(cfg["model"], nc=len(cfg["classes"]), verbose=False), list(cfg["classes"])
+
+
+class YoloDetector:
+    """Ultralytics YOLO network run by PyTorch with batched letterbox pre-processing and numpy NMS."""
+
+    def __init__(self, cfg: dict, device: str = "cpu"):
+        import torch
+
+        self.cfg = cfg
+        model, self.classes = load_yolo_model(cfg)
+        self.device = torch.device(device)
+        self.half = bool(cfg["half"]) and self.device.type == "cuda"
+        model = model.float().eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.model = (model.half() if self.half else model).to(self.device)
+        self.name = f"yolo:{Path(cfg['weights'] or cfg['model']).name}@{cfg['imgsz']}"
+
+    def detect(self, images: list[np.ndarray]) -> list[Detections]:
+        """See the ``detection`` module contract."""
+        import torch
+
+        if not images:
+            return []
+        batch, metas = preprocess(images, self.cfg["imgsz"])
+        x = torch.from_numpy(batch).to(self.device)
+        with torch.inference_mode():
+            y = self.model(x.half() if self.half else x)
+        raw = (y[0] if isinstance(y, (list, tuple)) else y).float().cpu().numpy()
+        return decode(raw, self.classes, metas, self.cfg["conf"], self.cfg["iou"], self.cfg["max_det"])
+
+
+class OnnxYoloDetector:
+    """A YOLO network exported to ONNX (dynamic batch), run by ONNX Runtime; same pre/post-processing."""
+
+    def __init__(self, cfg: dict, device: str = "cpu"):
+        import onnxruntime as ort
+
+        self.cfg = cfg
+        path = resolve_path(cfg["weights"] or cfg["model"])
+        if path is None or not path.exists():
+            raise FileNotFoundError(f"ONNX detector not found: {path}")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else \
+            ["CPUExecutionProvider"]
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), opts, providers=[p for p in providers
+                                                                        if p in ort.get_available_providers()])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        names = meta.get("names")
+        if names:
+            import ast
+
+            d = ast.literal_eval(names)
+            self.classes = [d[i] for i in range(len(d))]
+        else:
+            self.classes = list(cfg["classes"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.name = f"onnx:{path.name}@{cfg['imgsz']}"
+
+    def detect(self, images: list[np.ndarray]) -> list[Detections]:
+        """See the ``detection`` module contract."""
+        if not images:
+            return []
+        batch, metas = preprocess(images, self.cfg["imgsz"])
+        raw = self.session.run(None, {self.input_name: batch})[0]
+        return decode(raw, self.classes, metas, self.cfg["conf"], self.cfg["iou"], self.cfg["max_det"])
+
+
+def export_onnx(weights: Path, imgsz: int, out: Path) -> Path:
+    """Export trained YOLO weights to ONNX with a dynamic batch axis; returns the written path."""
+    ultralytics_offline()
+    from ultralytics import YOLO
+
+    path = Path(YOLO(str(weights)).export(format="onnx", imgsz=imgsz, dynamic=True, simplify=False, nms=False,
+                                          opset=17, verbose=False))
+    out = Path(out)
+    if path.resolve() != out.resolve():
+        shutil.move(str(path), out)
+    return out

@@ -1,0 +1,75 @@
+#!/usr/bin/env python
+"""Train a cell classifier from its config:
+``python tools/train_classifier.py --config configs/classifier/pbc8_shufflenet128.yaml``.
+
+Data: the task's public sources in ../shared/data (pbc8: PBC; wang11: PBC fine labels + lmu_aml), the fixed splits
+(train to fit, val for early stopping and temperature scaling, test only for the final figure), or your own
+folder-per-class data (``train.data_dir`` with train/ val/ test/). Writes a self-describing checkpoint (taxonomy,
+input size, normalization, temperature, training history, metrics) to ``--out`` (default: the config's ``weights``)
+and its metrics as JSON next to it. ``--resume`` continues an interrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="classifier YAML (configs/classifier/*.yaml)")
+    ap.add_argument("--out", help="checkpoint path (default: the config's weights)")
+    ap.add_argument("--epochs", type=int, help="override train.epochs")
+    ap.add_argument("--resume", action="store_true", help="continue from train.run_dir/last.pt")
+    ap.add_argument("--limit", type=int, default=0, help="use at most N samples per split (smoke runs)")
+    args = ap.parse_args(argv)
+
+    from classification.classifier import check_classifier_config
+    from classification.data import load_array, load_folder_samples, load_samples
+    from classification.metrics import format_report
+    from classification.models import BACKBONES
+    from classification.taxonomies import check_task
+    from classification.train import train_classifier
+    from pipelines.config import load_yaml, resolve_path
+
+    cfg = check_classifier_config(load_yaml(args.config), args.config)
+    if args.epochs:
+        cfg["train"] = {**cfg["train"], "epochs": args.epochs}
+    out = resolve_path(args.out or cfg["weights"])
+    if out is None:
+        print("error: give --out or set 'weights' in the config", file=sys.stderr)
+        return 2
+    classes = check_task(cfg["task"])
+    size = cfg["input_size"] or BACKBONES[cfg["arch"]][2]
+    tcfg = cfg["train"]
+    data = {}
+    for split in ("train", "val", "test"):
+        if tcfg.get("data_dir"):
+            d = resolve_path(tcfg["data_dir"]) / split
+            samples = load_folder_samples(d, classes) if d.exists() else []
+        else:
+            samples = load_samples(cfg["task"], split, tcfg.get("sources"))
+        if args.limit:
+            import random
+
+            samples = random.Random(0).sample(samples, min(args.limit, len(samples)))
+        if not samples and split != "test":
+            print(f"error: no {split} samples for task {cfg['task']}", file=sys.stderr)
+            return 2
+        data[split] = load_array(samples, classes, size, progress=True) if samples else None
+        print(f"{split}: {len(samples)} samples", flush=True)
+    metrics = train_classifier(cfg, out, data, resume=args.resume, log=lambda m: print(m, flush=True))
+    Path(out).with_suffix(".metrics.json").write_text(json.dumps(metrics, indent=1))
+    for split in ("val", "test"):
+        if split in metrics:
+            print(f"== {split} (temperature {metrics['temperature']:.3f})\n{format_report(metrics[split])}")
+    print(f"weights: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
