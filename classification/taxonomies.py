@@ -40,3 +40,20 @@ def check_task(task: str) -> list[str]:
     if task not in TAXONOMIES:
         raise ValueError(f"unknown taxonomy '{task}'; valid: {sorted(TAXONOMIES)}")
     return TAXONOMIES[task]
+
+# Finer label -> the coarser label it refines (across taxonomies), for fusing a cascade's verdicts.
+PARENT = {
+    "promyelocyte": "ig", "myelocyte": "ig", "metamyelocyte": "ig",
+    "band_neutrophil": "neutrophil", "segmented_neutrophil": "neutrophil",
+    "reactive_lymphocyte": "lymphocyte", "normal_lymphocyte": "lymphocyte",
+    "classic_rl": "reactive_lymphocyte", "covid_rl": "reactive_lymphocyte",
+}
+
+
+def refines(fine: str, coarse: str) -> bool:
+    """True when ``fine`` is ``coarse`` or a descendant of it in ``PARENT`` (e.g. covid_rl refines lymphocyte)."""
+    while fine is not None:
+        if fine == coarse:
+            return True
+        fine = PARENT.get(fine)
+    return False

@@ -1,0 +1,172 @@
+"""Per-smear aggregation: white-cell differential with 95% confidence intervals, NRBC per 100 WBC, flags, and the
+COVID-19 prognosis rule of Rodellar et al. 2022. Pure functions over ``FieldResult`` records.
+
+What is counted (documented in the README):
+- leukocytes: cells whose detector label is in ``classify_labels`` (WBC) and whose final label is a leukocyte class
+  (not ``erythroblast``, not ``platelet``, not ``unidentified``). Without classifiers the class is the detector's.
+- NRBC: cells classified ``erythroblast``: reported per 100 leukocytes, not in the differential.
+- platelets: detector ``Platelets`` boxes plus cells classified ``platelet``; ``unidentified`` cells: counted apart.
+- prognosis: ``n`` = lymphoid cells the ``covid_rl`` classifier saw and did not leave unidentified, ``k`` = those
+  whose final label is ``covid_rl``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from classification.taxonomies import BLASTS, IMMATURE_GRANULOCYTES, NUCLEATED_RED_CELLS, PLATELETS, UNIDENTIFIED
+from pipelines.config import ConfigError, Field
+
+DIFFERENTIAL_SCHEMA = {
+    "ci_method": Field(str, "wilson", "95% CI of proportions: wilson | clopper-pearson"),
+    "min_leukocytes": Field(int, 200, "flag counts below this (CLSI H20 reference count)"),
+    "ig_threshold": Field(float, 0.02, "flag immature granulocytes above this share of leukocytes"),
+    "unidentified_threshold": Field(float, 0.10, "flag when this share of classified cells is unidentified"),
+    "prognosis_threshold": Field(float, 0.02, "COVID-19 RL share of lymphoid cells for a positive smear (study: 2%)"),
+    "prognosis_min_lymphoid": Field(int, 20, "fewer lymphoid cells analysed: prognosis indeterminate"),
+    "prognosis_use_ci": Field(bool, True, "indeterminate when the 95% CI of k/n straddles the threshold"),
+    "leukocyte_labels": Field(list, ["WBC"], "detector labels counted as leukocytes when classified"),
+}
+
+Z95 = 1.959963984540054
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of k/n; (0, 1) when n == 0."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, c - h), min(1.0, c + h)
+
+
+def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval of k/n; (0, 1) when n == 0."""
+    from scipy.stats import beta
+
+    if n == 0:
+        return 0.0, 1.0
+    lo = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return lo, hi
+
+
+CI_METHODS = {"wilson": wilson, "clopper-pearson": clopper_pearson}
+
+
+def proportion_ci(k: int, n: int, method: str = "wilson") -> tuple[float, float]:
+    """95% CI of k/n by ``method`` (a key of ``CI_METHODS``)."""
+    if method not in CI_METHODS:
+        raise ConfigError(f"unknown ci_method '{method}'; valid: {sorted(CI_METHODS)}")
+    return CI_METHODS[method](k, n)
+
+
+@dataclass
+class SmearTally:
+    """Running counts of one smear, filled field by field (constant memory per smear)."""
+
+    smear_id: str
+    fields_used: int = 0
+    fields_failed: int = 0
+    failed_paths: list[str] = field(default_factory=list)
+    leukocytes: dict[str, int] = field(default_factory=dict)
+    nrbc: int = 0
+    platelets: int = 0
+    unidentified: int = 0
+    classified: int = 0
+    other_cells: dict[str, int] = field(default_factory=dict)
+    covid_ran: bool = False
+    lymphoid_n: int = 0
+    covid_k: int = 0
+    low_confidence: int = 0
+
+    def add(self, rec: dict, leukocyte_labels: set[str]) -> None:
+        """Add one ``fields.jsonl`` record (a dict)."""
+        if rec.get("error"):
+            self.fields_failed += 1
+            if len(self.failed_paths) < 50:
+                self.failed_paths.append(rec["path"])
+            return
+        self.fields_used += 1
+        for c in rec["cells"]:
+            label, det = c["label"], c["det_label"]
+            if det in PLATELETS:
+                self.platelets += 1
+                continue
+            if det not in leukocyte_labels:
+                self.other_cells[det] = self.other_cells.get(det, 0) + 1
+                continue
+            classes = c.get("classes") or {}
+            if classes:
+                self.classified += 1
+            if "covid_rl" in classes:
+                self.covid_ran = True
+                if label != UNIDENTIFIED:
+                    self.lymphoid_n += 1
+                    self.covid_k += label == "covid_rl"
+            if label == UNIDENTIFIED:
+                self.unidentified += 1
+            elif label in NUCLEATED_RED_CELLS:
+                self.nrbc += 1
+            elif label in PLATELETS:
+                self.platelets += 1
+            else:
+                self.leukocytes[label] = self.leukocytes.get(label, 0) + 1
+
+
+def prognosis(tally: SmearTally, cfg: dict) -> dict:
+    """The COVID-19 RL rule: positive when k/n reaches the threshold; see the module docstring for k and n."""
+    t = cfg["prognosis_threshold"]
+    if not tally.covid_ran:
+        return {"enabled": False, "decision": None, "reason": "no covid_rl classifier ran on this smear"}
+    k, n = tally.covid_k, tally.lymphoid_n
+    share = k / n if n else None
+    lo, hi = proportion_ci(k, n, cfg["ci_method"])
+    point = None if share is None else ("positive" if share >= t else "negative")
+    base = {"enabled": True, "k": k, "n": n, "share": None if share is None else round(share, 4),
+            "ci95": [round(lo, 4), round(hi, 4)], "threshold": t, "point_decision": point}
+    if n < cfg["prognosis_min_lymphoid"]:
+        return {**base, "decision": "indeterminate",
+                "reason": f"only {n} lymphoid cells analysed (< {cfg['prognosis_min_lymphoid']})"}
+    if cfg["prognosis_use_ci"] and lo < t <= hi:
+        return {**base, "decision": "indeterminate",
+                "reason": f"share {share:.2%} but its 95% CI [{lo:.2%}, {hi:.2%}] straddles the {t:.0%} threshold"}
+    if share >= t:
+        return {**base, "decision": "positive",
+                "reason": f"{k}/{n} = {share:.2%} COVID-19 RL of lymphoid cells >= {t:.0%} (better-prognosis group)"}
+    return {**base, "decision": "negative", "reason": f"{k}/{n} = {share:.2%} COVID-19 RL of lymphoid cells < {t:.0%}"}
+
+
+def smear_report(tally: SmearTally, cfg: dict) -> dict:
+    """The per-smear report (schema in the README): differential with CIs, NRBC, platelets, flags, prognosis."""
+    n = sum(tally.leukocytes.values())
+    diff = {}
+    for label, k in sorted(tally.leukocytes.items(), key=lambda kv: (-kv[1], kv[0])):
+        lo, hi = proportion_ci(k, n, cfg["ci_method"])
+        diff[label] = {"count": k, "percent": round(100 * k / n, 2), "ci95": [round(100 * lo, 2), round(100 * hi, 2)]}
+    flags = []
+    if tally.fields_failed:
+        flags.append({"flag": "fields_failed", "detail": f"{tally.fields_failed} field(s) could not be read"})
+    if n < cfg["min_leukocytes"]:
+        flags.append({"flag": "low_count", "detail": f"{n} leukocytes counted (< {cfg['min_leukocytes']}): "
+                                                       "percentages are imprecise; count more fields"})
+    blasts = sum(tally.leukocytes.get(b, 0) for b in BLASTS)
+    if blasts:
+        flags.append({"flag": "blasts_present", "detail": f"{blasts} blast(s): review the cells"})
+    ig = sum(tally.leukocytes.get(b, 0) for b in IMMATURE_GRANULOCYTES)
+    if n and ig / n > cfg["ig_threshold"]:
+        flags.append({"flag": "immature_granulocytes", "detail": f"{ig} immature granulocytes = {ig / n:.1%} "
+                                                                  f"(> {cfg['ig_threshold']:.0%})"})
+    if tally.nrbc:
+        flags.append({"flag": "nrbc_present", "detail": f"{tally.nrbc} nucleated red cells"})
+    if tally.classified and tally.unidentified / tally.classified > cfg["unidentified_threshold"]:
+        flags.append({"flag": "many_unidentified", "detail": f"{tally.unidentified} of {tally.classified} "
+                                                             "classified cells are unidentified: review them"})
+    return {"smear_id": tally.smear_id, "fields_used": tally.fields_used, "fields_failed": tally.fields_failed,
+            "failed_paths": tally.failed_paths, "leukocytes_counted": n, "differential": diff,
+            "nrbc": {"count": tally.nrbc, "per_100_wbc": round(100 * tally.nrbc / n, 2) if n else None},
+            "platelets": tally.platelets, "unidentified": tally.unidentified, "other_cells": tally.other_cells,
+            "ci_method": cfg["ci_method"], "flags": flags, "prognosis": prognosis(tally, cfg)}

@@ -1,0 +1,168 @@
+"""The models of one pipeline config: a detector and a cascade of classifiers, applied to batches of images.
+
+Cascade: stages run in config order on the crops of cells whose detector label is in ``classify_labels``; a stage
+with ``when`` only sees cells whose current label is in that list. A later stage's verdict replaces the current one
+when it refines it (``segmented_neutrophil`` refines ``neutrophil``, ``covid_rl`` refines ``lymphocyte``) or is more
+confident; the cell's final ``label`` is that verdict, or ``unidentified`` when its probability is under the deciding
+classifier's ``min_confidence``. Every stage that saw a cell leaves its own entry in ``cell.classes``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipelines.config import REQUIRED, ConfigError, Field, load_yaml, resolve_path, validate
+from pipelines.results import Cell, TaskResult
+
+PIPELINE_SCHEMA = {
+    "detector": Field(str, REQUIRED, "detector config (configs/detector/*.yaml)"),
+    "classifiers": Field(list, [], "cascade stages in order; each a mapping, see STAGE_SCHEMA"),
+    "classify_labels": Field(list, ["WBC"], "detector labels whose crops go to the classifiers"),
+    "keep_labels": Field(list, ["WBC", "RBC", "Platelets"], "detector labels written to the output"),
+    "crop_margin": Field(float, 0.15, "crop = square of the box's longest side * (1 + 2 * margin)"),
+    "gallery_per_class": Field(int, 12, "cell crops kept per smear and class for the report's gallery"),
+    "differential": Field(dict, {}, "report settings, see pipelines.differential.DIFFERENTIAL_SCHEMA"),
+}
+
+STAGE_SCHEMA = {
+    "config": Field(str, REQUIRED, "classifier config (configs/classifier/*.yaml)"),
+    "when": Field(list, None, "run only on cells whose current label is one of these; None = every crop"),
+    "optional": Field(bool, False, "skip this stage (with a note) when its weights file does not exist"),
+    "weights": Field(str, None, "override the classifier config's weights"),
+}
+
+UNIDENTIFIED = "unidentified"
+
+
+def load_pipeline_config(path) -> dict:
+    """Read and validate a pipeline YAML, its stages and the configs they name."""
+    from classification.classifier import check_classifier_config
+    from detection import check_detector_config
+    from pipelines.differential import DIFFERENTIAL_SCHEMA
+
+    cfg = validate(load_yaml(path), PIPELINE_SCHEMA, str(path))
+    cfg["detector_cfg"] = check_detector_config(load_yaml(resolve_path(cfg["detector"])), cfg["detector"])
+    stages = []
+    for i, st in enumerate(cfg["classifiers"]):
+        if not isinstance(st, dict):
+            raise ConfigError(f"{path}: classifiers[{i}] must be a mapping with at least 'config'")
+        st = validate(st, STAGE_SCHEMA, f"{path}: classifiers[{i}]")
+        st["cfg"] = check_classifier_config(load_yaml(resolve_path(st["config"])), st["config"])
+        if st["weights"]:
+            st["cfg"]["weights"] = st["weights"]
+        stages.append(st)
+    cfg["classifiers"] = stages
+    cfg["differential"] = validate(cfg["differential"], DIFFERENTIAL_SCHEMA, f"{path}: differential")
+    return cfg
+
+
+@dataclass
+class Stage:
+    """A loaded cascade stage."""
+
+    task: str
+    classifier: object
+    when: set | None
+    min_confidence: float
+
+
+class Pipeline:
+    """Detector + classifier cascade built from a validated pipeline config (``load_pipeline_config``)."""
+
+    def __init__(self, cfg: dict, device: str = "cpu", half: bool = False, log=None):
+        import torch
+
+        from classification.classifier import Classifier
+        from detection import build_detector
+
+        log = log or (lambda m: print(m, file=sys.stderr))
+        self.cfg = cfg
+        self._detector = None
+        self.device = device
+        self.half = half
+        self.stages: list[Stage] = []
+        self.skipped: list[str] = []
+        for st in cfg["classifiers"]:
+            c = st["cfg"]
+            w = resolve_path(c["weights"])
+            if w is None or not w.exists():
+                if st["optional"]:
+                    self.skipped.append(f"{c['task']}: no weights at {w}")
+                    log(f"note: classifier stage {c['task']} skipped (no weights at {w})")
+                    continue
+                raise FileNotFoundError(f"classifier weights not found for {c['task']}: {w} (mark the stage "
+                                        "'optional: true' to run without it)")
+            clf = Classifier(w, device=device, batch=c["batch"], half=half)
+            self.stages.append(Stage(clf.task, clf, set(st["when"]) if st["when"] else None, c["min_confidence"]))
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            own = version("leukodiff")
+        except PackageNotFoundError:
+            own = "dev"
+        self.versions = {"leukodiff": own, "torch": torch.__version__,
+                         **{s.task: s.classifier.name for s in self.stages}}
+        self._build_detector = lambda: build_detector(cfg["detector_cfg"], device)
+
+    @property
+    def detector(self):
+        """The detector, built on first use (``--cells`` runs never load it)."""
+        if self._detector is None:
+            self._detector = self._build_detector()
+            self.versions["detector"] = self._detector.name
+        return self._detector
+
+    def classify(self, crops: list[np.ndarray]) -> tuple[list[tuple[str, float, dict]], float]:
+        """Run the cascade on crops. Returns per crop ``(final label, score, {task: TaskResult})`` and the ms spent."""
+        t0 = time.perf_counter()
+        n = len(crops)
+        current: list[tuple[str, float, float] | None] = [None] * n  # (label, score, min_confidence)
+        per_cell: list[dict] = [{} for _ in range(n)]
+        prepared: dict[int, np.ndarray] = {}
+        from classification.taxonomies import refines
+
+        for st in self.stages:
+            idx = [i for i in range(n) if st.when is None or (current[i] is not None and current[i][0] in st.when)]
+            if not idx:
+                continue
+            clf = st.classifier
+            size = clf.input_size
+            if size not in prepared:  # stages of the same input size share one resize
+                prepared[size] = clf.preprocess(crops)
+            probs = clf.classify_prepared(prepared[size][idx])
+            for j, i in enumerate(idx):
+                k = int(probs[j].argmax())
+                label, score = clf.classes[k], float(probs[j, k])
+                per_cell[i][st.task] = TaskResult(label, round(score, 4),
+                                                  {c: round(float(p), 4) for c, p in zip(clf.classes, probs[j])})
+                cur = current[i]
+                if cur is None or refines(label, cur[0]) or score > cur[1]:
+                    current[i] = (label, score, st.min_confidence)
+        out = []
+        for i in range(n):
+            if current[i] is None:
+                out.append((None, None, per_cell[i]))
+            else:
+                label, score, minc = current[i]
+                out.append((UNIDENTIFIED if score < minc else label, round(score, 4), per_cell[i]))
+        return out, (time.perf_counter() - t0) * 1000
+
+    def cells_from_detections(self, image: np.ndarray, det) -> tuple[list[Cell], list[np.ndarray], list[int]]:
+        """Detections -> unclassified cells (kept labels only), crops of those to classify and their indices."""
+        from pipelines.crop import crop_square
+
+        keep, to_classify = set(self.cfg["keep_labels"]), set(self.cfg["classify_labels"])
+        cells, crops, idx = [], [], []
+        for box, score, label in zip(det.xyxy, det.scores, det.labels):
+            if label not in keep:
+                continue
+            if label in to_classify and self.stages:
+                idx.append(len(cells))
+                crops.append(crop_square(image, box, self.cfg["crop_margin"]))
+            cells.append(Cell([round(float(v), 1) for v in box], label, round(float(score), 4), label,
+                              round(float(score), 4)))
+        return cells, crops, idx

@@ -1,0 +1,66 @@
+"""Typed results, plain and JSON-able (``dataclasses.asdict``). The JSON contract of ``fields.jsonl`` is these
+dataclasses, field for field; it is documented in the README."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """One classifier's verdict on a cell: top ``label`` and its probability ``score``, and the full ``probs``."""
+
+    label: str
+    score: float
+    probs: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A detected (or pre-cropped) cell.
+
+    ``box``: ``[x1, y1, x2, y2]`` in pixels of the original image. ``det_label`` / ``det_score``: detector class
+    (``WBC``, ``RBC``, ``Platelets``) and score. ``label`` / ``score``: the final, finest label (``unidentified``
+    when the deciding classifier's top probability is under its ``min_confidence``); for cells no classifier saw,
+    the detector's. ``classes``: per task that saw the cell (``pbc8``, ``wang11``, ``covid_rl``).
+    """
+
+    box: list[float]
+    det_label: str
+    det_score: float
+    label: str
+    score: float
+    classes: dict[str, TaskResult] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FieldResult:
+    """Everything known about one input image. ``cells`` may be empty (a valid result); ``error`` is set, and
+    ``cells`` empty, when the image could not be processed. ``timings_ms``: per stage, batch stages amortized over
+    the batch's fields."""
+
+    field_id: str
+    path: str
+    smear_id: str
+    width: int | None
+    height: int | None
+    cells: list[Cell] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+def to_json(result) -> str:
+    """One-line JSON of a result dataclass."""
+    return json.dumps(dataclasses.asdict(result), separators=(",", ":"), allow_nan=False)
+
+
+def field_from_dict(d: dict) -> FieldResult:
+    """Inverse of ``dataclasses.asdict`` for a ``FieldResult`` read back from ``fields.jsonl``."""
+    cells = [Cell(box=c["box"], det_label=c["det_label"], det_score=c["det_score"], label=c["label"], score=c["score"],
+                  classes={t: TaskResult(**v) for t, v in c.get("classes", {}).items()}) for c in d.get("cells", [])]
+    return FieldResult(field_id=d["field_id"], path=d["path"], smear_id=d["smear_id"], width=d.get("width"),
+                       height=d.get("height"), cells=cells, timings_ms=d.get("timings_ms", {}), error=d.get("error"),
+                       versions=d.get("versions", {}))
