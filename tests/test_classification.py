@@ -1,0 +1,175 @@
+"""Classification: taxonomies, backbones, checkpoint format, metrics, temperature scaling, a tiny training run,
+inference contract, and the cascade's fusion rule."""
+
+import numpy as np
+import pytest
+
+from classification.metrics import confusion, ece, fit_temperature, per_class, softmax, summarize
+from classification.models import BACKBONES, build_backbone, load_checkpoint, save_checkpoint
+from classification.taxonomies import TAXONOMIES, check_task, refines
+
+
+def test_taxonomies():
+    assert len(TAXONOMIES["pbc8"]) == 8 and len(TAXONOMIES["wang11"]) == 11 and len(TAXONOMIES["covid_rl"]) == 3
+    assert "reactive_lymphocyte" in TAXONOMIES["wang11"]
+    with pytest.raises(ValueError, match="valid"):
+        check_task("pbc9")
+    assert refines("segmented_neutrophil", "neutrophil") and refines("covid_rl", "lymphocyte")
+    assert not refines("blast", "lymphocyte") and refines("monocyte", "monocyte")
+
+
+def test_metrics_hand_computed():
+    y = np.array([0, 0, 0, 1, 1, 2])
+    p = np.array([0, 0, 1, 1, 1, 0])
+    c = confusion(y, p, 3)
+    assert c.tolist() == [[2, 1, 0], [0, 2, 0], [1, 0, 0]]
+    pc = per_class(c, ["a", "b", "c"])
+    assert pc["a"]["sensitivity"] == pytest.approx(2 / 3, abs=1e-4) and pc["a"]["precision"] == pytest.approx(2 / 3, abs=1e-4)
+    assert pc["a"]["specificity"] == pytest.approx(2 / 3, abs=1e-4)  # tn = 2 (rows b, c cols b, c), fp = 1
+    assert pc["b"]["specificity"] == pytest.approx(3 / 4, abs=1e-4)
+    assert pc["c"]["sensitivity"] == 0.0 and pc["c"]["precision"] is None
+
+
+def test_temperature_recovers_overconfidence():
+    rng = np.random.default_rng(0)
+    n, k = 4000, 4
+    true_logits = rng.normal(0, 1.5, (n, k))
+    probs = softmax(true_logits)
+    y = np.array([rng.choice(k, p=pr) for pr in probs])
+    t = fit_temperature(true_logits * 3.0, y)  # a model 3x overconfident
+    assert t == pytest.approx(3.0, rel=0.15)
+    assert ece(softmax(true_logits * 3.0, t), y) < ece(softmax(true_logits * 3.0), y)
+
+
+def test_summarize_has_paper_figures():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    m = summarize(probs, np.array([0, 1, 1, 1]), ["x", "y"])
+    assert m["accuracy"] == 0.75 and m["confusion"] == [[1, 0], [1, 2]]
+    assert m["mean_class_accuracy"] == pytest.approx((1 + 2 / 3) / 2, abs=1e-4)
+    cov = {r["threshold"]: r for r in m["coverage"]}
+    assert cov[0.0]["coverage"] == 1.0 and cov[0.8]["coverage"] == 0.5 and cov[0.8]["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("arch", sorted(BACKBONES))
+def test_every_backbone_builds_and_runs(arch):
+    import torch
+
+    m = build_backbone(arch, 5).eval()
+    size = 75 if arch == "inception_v3" else 64
+    with torch.inference_mode():
+        assert m(torch.zeros(1, 3, size, size)).shape == (1, 5)
+
+
+def test_checkpoint_roundtrip_and_classifier(tmp_path):
+    from classification.classifier import Classifier
+
+    m = build_backbone("tiny_cnn", 8)
+    p = save_checkpoint(tmp_path / "c.pt", m, "tiny_cnn", "pbc8", TAXONOMIES["pbc8"], 32, (0.5,) * 3, (0.2,) * 3,
+                        temperature=2.0, metrics={"test": {"accuracy": 0.5}})
+    model, meta = load_checkpoint(p)
+    assert meta["task"] == "pbc8" and meta["input_size"] == 32 and meta["temperature"] == 2.0
+    clf = Classifier(p)
+    crops = [np.zeros((50, 40, 3), np.uint8), np.full((10, 90, 3), 255, np.uint8)]
+    probs = clf.classify(crops)
+    assert probs.shape == (2, 8) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert clf.classify([]).shape == (0, 8)
+    with pytest.raises(FileNotFoundError):
+        Classifier(tmp_path / "missing.pt")
+
+
+def test_tiny_training_run_learns_and_writes_card(tmp_path):
+    """Two colour classes drawn in code: a tiny CNN must separate them, and the checkpoint carries the card."""
+    from classification.train import train_classifier
+
+    rng = np.random.default_rng(0)
+    classes = TAXONOMIES["covid_rl"]
+
+    def make(n):
+        y = rng.integers(0, 2, n)
+        x = np.empty((n, 32, 32, 3), np.uint8)
+        for i, c in enumerate(y):
+            base = (200, 60, 60) if c == 0 else (60, 60, 200)
+            x[i] = np.clip(rng.normal(base, 20, (32, 32, 3)), 0, 255)
+        return x, y.astype(np.int64)
+
+    cfg = {"task": "covid_rl", "arch": "tiny_cnn", "input_size": 32, "pretrained": None,
+           "train": {"epochs": 3, "batch": 32, "lr": 0.01, "run_dir": str(tmp_path / "run"), "color": 0.0,
+                     "stain": 0.0, "patience": 5}}
+    out = tmp_path / "m.pt"
+    metrics = train_classifier(cfg, out, {"train": make(256), "val": make(64), "test": make(64)}, log=lambda m: None)
+    assert metrics["test"]["accuracy"] > 0.9
+    assert metrics["temperature"] > 0
+    _, meta = load_checkpoint(out)
+    assert meta["classes"] == classes and meta["training"]["n_train"] == 256
+    assert len(meta["training"]["history"]) >= 1
+    # resume continues from the saved epoch instead of starting over
+    cfg["train"]["epochs"] = 4
+    logs = []
+    train_classifier(cfg, out, {"train": make(256), "val": make(64)}, resume=True, log=logs.append)
+    assert any("resumed at epoch 4" in m for m in logs)
+
+
+class _FixedClassifier:
+    """Test double with a real Classifier's interface: returns preset probabilities."""
+
+    def __init__(self, task, probs):
+        self.task, self.classes = task, TAXONOMIES[task]
+        self.input_size, self.name, self._p = 8, f"fixed:{task}", np.asarray(probs, np.float32)
+
+    def preprocess(self, crops):
+        return np.zeros((len(crops), 8, 8, 3), np.uint8)
+
+    def classify_prepared(self, x):
+        return np.repeat(self._p[None], len(x), 0)
+
+
+def _one_hot(task, label, p):
+    k = TAXONOMIES[task]
+    v = np.full(len(k), (1 - p) / (len(k) - 1))
+    v[k.index(label)] = p
+    return v
+
+
+def _pipeline(stages):
+    from pipelines.pipeline import Pipeline, Stage
+
+    pipe = Pipeline.__new__(Pipeline)
+    pipe.stages = [Stage(t, _FixedClassifier(t, pr), when, minc) for t, pr, when, minc in stages]
+    return pipe
+
+
+def test_cascade_refines_routes_and_marks_unidentified():
+    crops = [np.zeros((20, 20, 3), np.uint8)]
+    lymph = {"lymphocyte", "reactive_lymphocyte"}
+    # wang11 refines pbc8's neutrophil; covid_rl does not run on a neutrophil
+    pipe = _pipeline([("pbc8", _one_hot("pbc8", "neutrophil", 0.9), None, 0.5),
+                      ("wang11", _one_hot("wang11", "band_neutrophil", 0.6), None, 0.5),
+                      ("covid_rl", _one_hot("covid_rl", "covid_rl", 0.9), lymph, 0.5)])
+    [(label, score, classes)], _ = pipe.classify(crops)
+    assert label == "band_neutrophil" and set(classes) == {"pbc8", "wang11"}
+    # lymphocyte goes on to covid_rl, which refines it
+    pipe = _pipeline([("pbc8", _one_hot("pbc8", "lymphocyte", 0.95), None, 0.5),
+                      ("wang11", _one_hot("wang11", "lymphocyte", 0.9), None, 0.5),
+                      ("covid_rl", _one_hot("covid_rl", "covid_rl", 0.8), lymph, 0.5)])
+    [(label, score, classes)], _ = pipe.classify(crops)
+    assert label == "covid_rl" and set(classes) == {"pbc8", "wang11", "covid_rl"}
+    # disagreement: the more confident verdict wins; erythroblast is kept against a weak lymphocyte
+    pipe = _pipeline([("pbc8", _one_hot("pbc8", "erythroblast", 0.9), None, 0.5),
+                      ("wang11", _one_hot("wang11", "lymphocyte", 0.6), None, 0.5)])
+    assert pipe.classify(crops)[0][0][0] == "erythroblast"
+    # low confidence: final label unidentified, but the task entry keeps the top class
+    pipe = _pipeline([("pbc8", _one_hot("pbc8", "monocyte", 0.4), None, 0.5)])
+    [(label, score, classes)], _ = pipe.classify(crops)
+    assert label == "unidentified" and classes["pbc8"].label == "monocyte" and score == pytest.approx(0.4)
+
+
+@pytest.mark.realdata
+def test_real_classification_samples(data_root):
+    from classification.data import load_samples
+
+    assert len(load_samples("pbc8", "train")) == 11972
+    assert len(load_samples("pbc8", "test")) == 3411
+    w = load_samples("wang11", "test")
+    labels = {lab for _, lab in w}
+    assert "blast" in labels and "reactive_lymphocyte" not in labels
+    assert all(p.exists() for p, _ in w[:50])

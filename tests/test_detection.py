@@ -1,0 +1,148 @@
+"""Detection: contract, letterbox/decode geometry, NMS, tiny backends built from config, dataset readers."""
+
+import json
+
+import numpy as np
+import pytest
+
+from detection import Detections, build_detector, letterbox
+from detection.data import (FieldAnnotation, load_card, read_coco, read_split, read_voc, read_yolo, to_coco,
+                            write_yolo_dataset)
+from detection.yolo import decode, nms
+from pipelines.config import ConfigError
+
+
+def test_letterbox_and_decode_map_back_to_original_pixels():
+    img = np.zeros((480, 640, 3), np.uint8)
+    canvas, scale, (left, top) = letterbox(img, 320)
+    assert canvas.shape == (320, 320, 3) and scale == pytest.approx(0.5) and (left, top) == (0, 40)
+    # one anchor predicting box (100, 50)-(300, 250) of the original, class 1 with score 0.9
+    x1, y1, x2, y2 = np.array([100, 50, 300, 250]) * scale + [left, top, left, top]
+    raw = np.zeros((1, 4 + 3, 2), np.float32)
+    raw[0, :4, 0] = [(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]
+    raw[0, 5, 0] = 0.9
+    raw[0, 4, 1] = 0.1  # below conf
+    (det,) = decode(raw, ["WBC", "RBC", "Platelets"], [(scale, (left, top), (480, 640))], 0.25, 0.5, 10)
+    assert det.labels == ("RBC",)
+    np.testing.assert_allclose(det.xyxy[0], [100, 50, 300, 250], atol=1e-3)
+    assert det.scores[0] == pytest.approx(0.9)
+
+
+def test_nms_keeps_best_of_overlaps():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], np.float32)
+    keep = nms(boxes, np.array([0.5, 0.9, 0.3], np.float32), 0.5)
+    assert keep.tolist() == [1, 2]
+
+
+def test_unknown_backend_names_valid_ones():
+    with pytest.raises(ConfigError, match="valid"):
+        build_detector({"backend": "mmdet", "model": "x"})
+    with pytest.raises(ConfigError, match="unknown key"):
+        build_detector({"backend": "yolo", "model": "yolov8n.yaml", "imgsize": 320})
+
+
+@pytest.fixture(scope="module")
+def tiny_yolo_cfg():
+    return {"backend": "yolo", "model": "yolov8n.yaml", "imgsz": 64, "conf": 0.001, "max_det": 5}
+
+
+def test_tiny_yolo_contract(tiny_yolo_cfg):
+    det = build_detector(tiny_yolo_cfg)
+    imgs = [np.zeros((574, 732, 3), np.uint8), np.full((100, 50, 3), 200, np.uint8)]
+    out = det.detect(imgs)
+    assert len(out) == 2 and det.detect([]) == []
+    for d, im in zip(out, imgs):
+        assert isinstance(d, Detections) and d.xyxy.dtype == np.float32 and d.xyxy.shape == (len(d), 4)
+        assert len(d) <= 5 and set(d.labels) <= {"WBC", "RBC", "Platelets"}
+        h, w = im.shape[:2]
+        assert (d.xyxy[:, [0, 2]] <= w).all() and (d.xyxy[:, [1, 3]] <= h).all() and (d.xyxy >= 0).all()
+        assert ((d.scores >= 0) & (d.scores <= 1)).all()
+
+
+@pytest.mark.slow
+def test_yolov3u_builds_from_yaml():
+    det = build_detector({"backend": "yolo", "model": "yolov3-tinyu.yaml", "imgsz": 64, "conf": 0.5})
+    assert det.detect([np.zeros((64, 64, 3), np.uint8)])[0].xyxy.shape[1] == 4
+
+
+def test_onnx_export_matches_torch(tmp_path, tiny_yolo_cfg):
+    import torch
+
+    from detection.yolo import ultralytics_offline
+
+    ultralytics_offline()
+    from ultralytics import YOLO
+
+    torch.manual_seed(0)
+    y = YOLO("yolov8n.yaml")
+    y.model.names = {0: "WBC", 1: "RBC", 2: "Platelets"}
+    pt = tmp_path / "tiny.pt"
+    y.save(str(pt)) if hasattr(y, "save") else torch.save({"model": y.model}, pt)
+    from detection.yolo import export_onnx
+
+    onnx_path = export_onnx(pt, 64, tmp_path / "tiny.onnx")
+    cfg_t = {**tiny_yolo_cfg, "weights": str(pt)}
+    cfg_o = {**tiny_yolo_cfg, "backend": "onnx", "model": str(onnx_path)}
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 255, (120, 160, 3), dtype=np.uint8) for _ in range(3)]
+    a, b = build_detector(cfg_t).detect(imgs), build_detector(cfg_o).detect(imgs)
+    for da, db in zip(a, b):
+        assert len(da) == len(db)
+        np.testing.assert_allclose(da.scores, db.scores, atol=1e-3)
+
+
+def test_ssd300_default_boxes_follow_smin_smax():
+    det = build_detector({"backend": "ssd300", "model": "ssd300_vgg16", "smin": 0.2, "smax": 0.9, "conf": 0.5})
+    gen = det.model.anchor_generator
+    expected = [0.2 + 0.7 * k / 5 for k in range(6)] + [1.0]
+    np.testing.assert_allclose(gen.scales, expected, atol=1e-6)
+    out = det.detect([np.zeros((574, 732, 3), np.uint8)])
+    assert len(out) == 1 and out[0].xyxy.shape[1] == 4
+
+
+def test_voc_yolo_coco_readers_agree(tmp_path):
+    (tmp_path / "Annotations").mkdir()
+    (tmp_path / "JPEGImages").mkdir()
+    xml = """<annotation><filename>f1.jpg</filename><size><width>640</width><height>480</height><depth>3</depth>
+    </size><object><name>WBC</name><bndbox><xmin>260</xmin><ymin>177</ymin><xmax>491</xmax><ymax>376</ymax>
+    </bndbox></object><object><name>RBC</name><bndbox><xmin>-3</xmin><ymin>0</ymin><xmax>100</xmax><ymax>700</ymax>
+    </bndbox></object></annotation>"""
+    (tmp_path / "Annotations" / "f1.xml").write_text(xml)
+    voc = read_voc(tmp_path / "Annotations" / "f1.xml")
+    assert voc.labels == ["WBC", "RBC"] and voc.boxes[0] == [260, 177, 491, 376]
+    assert voc.boxes[1] == [0, 0, 100, 480]  # clipped to the image
+    from PIL import Image
+
+    Image.new("RGB", (640, 480)).save(tmp_path / "JPEGImages" / "f1.jpg")
+    data_yaml = write_yolo_dataset({"train": [voc]}, ["WBC", "RBC", "Platelets"], tmp_path / "yolo")
+    lbl = tmp_path / "yolo" / "labels" / "train" / "JPEGImages_f1.txt"
+    assert lbl.read_text().splitlines()[0].startswith("0 0.58")
+    back = read_yolo(tmp_path / "yolo" / "images" / "train" / "JPEGImages_f1.jpg", lbl, ["WBC", "RBC", "Platelets"])
+    np.testing.assert_allclose(back.boxes, voc.boxes, atol=0.01)
+    coco = to_coco([voc], ["WBC", "RBC", "Platelets"])
+    (tmp_path / "c.json").write_text(json.dumps(coco))
+    (rec,) = read_coco(tmp_path / "c.json", tmp_path)
+    np.testing.assert_allclose(rec.boxes, voc.boxes)
+    assert rec.labels == voc.labels
+    assert data_yaml.exists()
+
+
+def test_unknown_split_is_named(tmp_path):
+    card = {"name": "x", "format": "voc", "root": tmp_path, "splits": {"train": "a.txt"}, "classes": []}
+    with pytest.raises(ConfigError, match="splits"):
+        read_split(card, "test")
+
+
+@pytest.mark.realdata
+def test_real_dataset_splits(data_root):
+    bccd = load_card("bccd")
+    sizes = {s: len(read_split(bccd, s)) for s in ("train", "val", "test")}
+    assert sizes == {"train": 205, "val": 87, "test": 72}
+    txl = load_card("txl_pbc")
+    assert {s: len(read_split(txl, s)) for s in ("train", "val", "test")} == {"train": 350, "val": 100, "test": 50}
+    recs = read_split(bccd, "test")
+    assert all(isinstance(r, FieldAnnotation) and r.path.exists() for r in recs)
+    assert sum(lab == "WBC" for r in recs for lab in r.labels) >= 70  # some test fields hold no WBC
+    # the 1-pixel RBC box of BloodImage_00338 is dropped by min_size
+    allr = read_split(bccd, "trainval") + recs
+    assert all(b[2] - b[0] >= 2 and b[3] - b[1] >= 2 for r in allr for b in r.boxes)
