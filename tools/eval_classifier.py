@@ -1,0 +1,97 @@
+#!/usr/bin/env python
+"""Evaluate a classifier task on a split through the real pipeline (`infer_field.py --cells`): accuracy, per-class
+sensitivity / specificity / precision, confusion matrix, ECE and accuracy against coverage (the `unidentified` rule).
+
+  python tools/eval_classifier.py --task pbc8 --split test --run out/eval_pbc8_test
+  python tools/eval_classifier.py --task wang11 --split test --run out/eval_wang11_test
+  python tools/eval_classifier.py --task wang11 --split test --run out/eval_wang11_test --by-source
+
+If RUN/fields.jsonl does not exist, the split's cell images are written to RUN/manifest.csv and
+tools/infer_field.py --cells is run on them with --config. Writes RUN/<task>_eval.json.
+--by-source also reports per source dataset (pbc / lmu_aml): the check that blasts are recognized by morphology and
+not by their laboratory (lmu_aml's segmented neutrophils must not be called blasts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", required=True, help="pbc8 | wang11")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--run", required=True, help="infer_field --cells output folder (made if missing)")
+    ap.add_argument("--config", default=str(ROOT / "configs" / "pipeline" / "default.yaml"), help="pipeline YAML")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--by-source", action="store_true", help="also report per source dataset")
+    args = ap.parse_args(argv)
+
+    from classification.data import load_samples
+    from classification.metrics import format_report, summarize
+    from classification.taxonomies import check_task
+
+    classes = check_task(args.task)
+    samples = load_samples(args.task, args.split)
+    run = Path(args.run)
+    if not (run / "fields.jsonl").exists():
+        run.mkdir(parents=True, exist_ok=True)
+        with open(run / "manifest.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "smear_id"])
+            for p, _ in samples:
+                w.writerow([str(p.resolve()), f"{args.task}_{args.split}"])
+        from tools.infer_field import main as infer
+
+        rc = infer(["--manifest", str(run / "manifest.csv"), "--cells", "--out", str(run), "--config", args.config,
+                    "--device", args.device, "--batch", str(args.batch), "--no-progress"])
+        if rc not in (0, 1):
+            return rc
+    truth = {str(p.resolve()): lab for p, lab in samples}
+    probs, y, final, src = [], [], [], []
+    with open(run / "fields.jsonl") as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec["path"] not in truth or rec["error"] or not rec["cells"]:
+                continue
+            c = rec["cells"][0]
+            if args.task not in c["classes"]:
+                continue
+            probs.append([c["classes"][args.task]["probs"][k] for k in classes])
+            y.append(classes.index(truth[rec["path"]]))
+            final.append(c["label"])
+            src.append("lmu_aml" if "/lmu_aml/" in rec["path"] else "pbc")
+    if not y:
+        print(f"error: no {args.task} results for the {args.split} split in {run}", file=sys.stderr)
+        return 2
+    probs, y = np.asarray(probs, np.float64), np.asarray(y)
+    m = summarize(probs, y, classes)
+    m["missing"] = len(truth) - len(y)
+    m["unidentified_share"] = round(float(np.mean([f == "unidentified" for f in final])), 4)
+    out = {"task": args.task, "split": args.split, "overall": m}
+    print(f"== {args.task} {args.split} (through infer_field --cells; {m['missing']} of {len(truth)} missing)")
+    print(format_report(m))
+    print(f"final label 'unidentified': {m['unidentified_share']:.2%} of cells")
+    if args.by_source:
+        out["by_source"] = {}
+        for s in sorted(set(src)):
+            idx = np.array([i for i, v in enumerate(src) if v == s])
+            ms = summarize(probs[idx], y[idx], classes)
+            out["by_source"][s] = ms
+            print(f"\n== source {s}\n{format_report(ms)}")
+    (run / f"{args.task}_eval.json").write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
