@@ -1,0 +1,120 @@
+"""FiftyOne review: a dataset built from a run's ``fields.jsonl`` (one sample per field, including fields without
+cells and failed fields), optional ground truth, detection evaluation at IoU 0.5, and saved views.
+
+Fields of each sample: ``smear_id``, ``field_id``, ``error``; ``predictions`` (label = final class, confidence =
+final score, attributes ``det_label``, ``det_score`` and ``<task>_label`` / ``<task>_score`` per classifier);
+``detections`` (the same boxes labelled with the detector's class, what is evaluated against ``ground_truth``);
+``ground_truth`` when given. Evaluation key ``eval``: per-box ``eval`` = tp / fp / fn on ``detections`` and
+``ground_truth``. Saved views: ``eval_patches`` and ``cells_<label>`` (one per final class).
+FiftyOne is imported only here (and only by ``tools/review.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pipelines.fo_convert import xyxy_to_rel_xywh
+
+
+def read_ground_truth(path: Path, fmt: str, classes: list[str]) -> dict[str, tuple[list, list]]:
+    """Ground truth keyed by image file stem: ``{stem: (xyxy boxes, labels)}`` from a VOC Annotations folder, a
+    YOLO labels folder (image sizes come from the run) or a COCO JSON."""
+    from detection.data import read_coco, read_voc
+
+    path = Path(path)
+    out: dict[str, tuple[list, list]] = {}
+    if fmt == "voc":
+        for x in sorted(path.glob("*.xml")):
+            r = read_voc(x)
+            out[x.stem] = (r.boxes, r.labels)
+    elif fmt == "coco":
+        for r in read_coco(path, path.parent):
+            out[Path(r.path).stem] = (r.boxes, r.labels)
+    elif fmt == "yolo":
+        for t in sorted(path.glob("*.txt")):
+            rows = [ln.split() for ln in t.read_text().splitlines() if len(ln.split()) >= 5]
+            out[t.stem] = ([[float(v) for v in r[1:5]] for r in rows], [classes[int(r[0])] for r in rows])
+            out[t.stem] = ("yolo-relative", out[t.stem])  # converted once the image size is known
+    else:
+        raise ValueError(f"unknown ground-truth format '{fmt}'; valid: voc, yolo, coco")
+    return out
+
+
+def _gt_detections(fo, entry, width, height):
+    if entry[0] == "yolo-relative":
+        boxes, labels = entry[1]
+        dets = [fo.Detection(label=lab, bounding_box=[cx - w / 2, cy - h / 2, w, h])
+                for (cx, cy, w, h), lab in zip(boxes, labels)]
+    else:
+        boxes, labels = entry
+        dets = [fo.Detection(label=lab, bounding_box=xyxy_to_rel_xywh(b, width, height))
+                for b, lab in zip(boxes, labels)]
+    return fo.Detections(detections=dets)
+
+
+def build_dataset(run_dir: Path, name: str, gt: dict | None = None, overwrite: bool = True, log=print):
+    """Create (or rebuild) the FiftyOne dataset ``name`` from ``run_dir/fields.jsonl``; returns it."""
+    import fiftyone as fo
+
+    run_dir = Path(run_dir)
+    if overwrite and name in fo.list_datasets():
+        fo.delete_dataset(name)
+    ds = fo.Dataset(name)
+    ds.persistent = True
+    samples, n_gt = [], 0
+    with open(run_dir / "fields.jsonl", encoding="utf-8") as f:
+        for line in f:
+            rec = json.loads(line)
+            s = fo.Sample(filepath=rec["path"], smear_id=rec["smear_id"], field_id=rec["field_id"],
+                          error=rec["error"], tags=["failed"] if rec["error"] else [])
+            w, h = rec["width"], rec["height"]
+            preds, dets = [], []
+            for c in rec["cells"]:
+                rel = xyxy_to_rel_xywh(c["box"], w, h)
+                attrs = {"det_label": c["det_label"], "det_score": c["det_score"]}
+                for task, v in (c.get("classes") or {}).items():
+                    attrs[f"{task}_label"], attrs[f"{task}_score"] = v["label"], v["score"]
+                preds.append(fo.Detection(label=c["label"], bounding_box=rel, confidence=c["score"], **attrs))
+                dets.append(fo.Detection(label=c["det_label"], bounding_box=rel, confidence=c["det_score"]))
+            if w and h:
+                s["predictions"] = fo.Detections(detections=preds)
+                s["detections"] = fo.Detections(detections=dets)
+            stem = Path(rec["path"]).stem
+            if gt is not None and stem in gt and w and h:
+                s["ground_truth"] = _gt_detections(fo, gt[stem], w, h)
+                n_gt += 1
+            samples.append(s)
+    ds.add_samples(samples)
+    ds.compute_metadata()
+    info = {"samples": len(ds), "with_ground_truth": n_gt}
+    if n_gt:
+        res = ds.match_tags("failed", bool=False).exists("ground_truth").evaluate_detections(
+            "detections", gt_field="ground_truth", eval_key="eval", iou=0.5, compute_mAP=True)
+        info["mAP"] = round(float(res.mAP()), 4)
+        info["tp"], info["fp"], info["fn"] = (int(sum(ds.values(f"eval_{k}"), 0) or 0) for k in ("tp", "fp", "fn"))
+        ds.save_view("eval_patches", ds.to_evaluation_patches("eval"))
+    labels = sorted(set(ds.distinct("predictions.detections.label")))
+    patches = ds.to_patches("predictions")
+    for lab in labels:
+        from fiftyone import ViewField as F
+
+        ds.save_view(f"cells_{_slug(lab)}", patches.match(F("predictions.label") == lab))
+    info["cell_views"] = [f"cells_{_slug(lab)}" for lab in labels]
+    ds.info = {"run_dir": str(run_dir.resolve()), **info}
+    ds.save()
+    log(json.dumps({"dataset": name, **info}))
+    return ds
+
+
+def _slug(s: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in s).lower()
+
+
+def configure_fiftyone() -> None:
+    """Offline, no tracking; a project-local database folder unless the user set one."""
+    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+    os.environ.setdefault("FIFTYONE_SHOW_PROGRESS_BARS", "false")
+    os.environ.setdefault("FIFTYONE_DATABASE_DIR", str(Path.home() / ".cache" / "leukodiff" / "fiftyone-db"))

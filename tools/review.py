@@ -1,0 +1,52 @@
+#!/usr/bin/env python
+"""Review a run in the FiftyOne app: build (or rebuild) a dataset from RUN_DIR/fields.jsonl, evaluate against
+ground truth, save views, optionally launch the app.
+
+  python tools/review.py out/run1
+  python tools/review.py out/eval_bccd_test --gt ../shared/data/bccd/Annotations --gt-format voc --launch
+  python tools/review.py out/run1 --launch --port 5151 --address 0.0.0.0   # then browse http://HOST:5151
+
+Offline: tracking is off; the database lives in $FIFTYONE_DATABASE_DIR (default ~/.cache/leukodiff/fiftyone-db).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir")
+    ap.add_argument("--gt", help="ground truth: VOC Annotations folder, YOLO labels folder or COCO JSON")
+    ap.add_argument("--gt-format", choices=["voc", "yolo", "coco"], default="voc")
+    ap.add_argument("--classes", default="WBC,RBC,Platelets", help="YOLO class names in index order")
+    ap.add_argument("--name", help="dataset name (default: the run folder's name)")
+    ap.add_argument("--launch", action="store_true", help="start the app and wait (Ctrl-C to stop)")
+    ap.add_argument("--port", type=int, default=5151)
+    ap.add_argument("--address", default="127.0.0.1")
+    args = ap.parse_args(argv)
+
+    run = Path(args.run_dir)
+    if not (run / "fields.jsonl").exists():
+        print(f"error: {run}/fields.jsonl not found (run tools/infer_field.py first)", file=sys.stderr)
+        return 2
+    from pipelines.review import build_dataset, configure_fiftyone, read_ground_truth
+
+    configure_fiftyone()
+    gt = read_ground_truth(Path(args.gt), args.gt_format, args.classes.split(",")) if args.gt else None
+    ds = build_dataset(run, args.name or run.resolve().name, gt)
+    if args.launch:
+        import fiftyone as fo
+
+        session = fo.launch_app(ds, remote=True, port=args.port, address=args.address)
+        print(f"app: http://{args.address}:{args.port}", flush=True)
+        session.wait(-1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
