@@ -19,8 +19,9 @@ from pipelines.fo_convert import xyxy_to_rel_xywh
 
 
 def read_ground_truth(path: Path, fmt: str, classes: list[str]) -> dict[str, tuple[list, list]]:
-    """Ground truth keyed by image file stem: ``{stem: (xyxy boxes, labels)}`` from a VOC Annotations folder, a
-    YOLO labels folder (image sizes come from the run) or a COCO JSON."""
+    """Ground truth keyed by image path without suffix, as the source names it (COCO ``file_name`` such as
+    ``smear_01/field_001``; VOC and YOLO: the file stem): ``{key: (xyxy boxes, labels)}``. Samples are matched by
+    the longest trailing part of their path that is a key (``match_ground_truth``)."""
     from detection.data import read_coco, read_voc
 
     path = Path(path)
@@ -30,8 +31,8 @@ def read_ground_truth(path: Path, fmt: str, classes: list[str]) -> dict[str, tup
             r = read_voc(x)
             out[x.stem] = (r.boxes, r.labels)
     elif fmt == "coco":
-        for r in read_coco(path, path.parent):
-            out[Path(r.path).stem] = (r.boxes, r.labels)
+        for r in read_coco(path, Path("")):
+            out[Path(r.path).with_suffix("").as_posix()] = (r.boxes, r.labels)
     elif fmt == "yolo":
         for t in sorted(path.glob("*.txt")):
             rows = [ln.split() for ln in t.read_text().splitlines() if len(ln.split()) >= 5]
@@ -40,6 +41,16 @@ def read_ground_truth(path: Path, fmt: str, classes: list[str]) -> dict[str, tup
     else:
         raise ValueError(f"unknown ground-truth format '{fmt}'; valid: voc, yolo, coco")
     return out
+
+
+def match_ground_truth(gt: dict, image_path: str):
+    """The ground-truth entry whose key is the longest trailing part of ``image_path`` (suffix dropped), or None."""
+    parts = Path(image_path).with_suffix("").parts
+    for n in range(len(parts), 0, -1):
+        key = "/".join(parts[-n:])
+        if key in gt:
+            return gt[key]
+    return None
 
 
 def _gt_detections(fo, entry, width, height):
@@ -81,9 +92,9 @@ def build_dataset(run_dir: Path, name: str, gt: dict | None = None, overwrite: b
             if w and h:
                 s["predictions"] = fo.Detections(detections=preds)
                 s["detections"] = fo.Detections(detections=dets)
-            stem = Path(rec["path"]).stem
-            if gt is not None and stem in gt and w and h:
-                s["ground_truth"] = _gt_detections(fo, gt[stem], w, h)
+            entry = match_ground_truth(gt, rec["path"]) if gt is not None else None
+            if entry is not None and w and h:
+                s["ground_truth"] = _gt_detections(fo, entry, w, h)
                 n_gt += 1
             samples.append(s)
     ds.add_samples(samples)
@@ -93,7 +104,7 @@ def build_dataset(run_dir: Path, name: str, gt: dict | None = None, overwrite: b
         res = ds.match_tags("failed", bool=False).exists("ground_truth").evaluate_detections(
             "detections", gt_field="ground_truth", eval_key="eval", iou=0.5, compute_mAP=True)
         info["mAP"] = round(float(res.mAP()), 4)
-        info["tp"], info["fp"], info["fn"] = (int(sum(ds.values(f"eval_{k}"), 0) or 0) for k in ("tp", "fp", "fn"))
+        info["tp"], info["fp"], info["fn"] = (int(ds.sum(f"eval_{k}") or 0) for k in ("tp", "fp", "fn"))
         ds.save_view("eval_patches", ds.to_evaluation_patches("eval"))
     labels = sorted(set(ds.distinct("predictions.detections.label")))
     patches = ds.to_patches("predictions")
