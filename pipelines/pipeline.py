@@ -152,7 +152,8 @@ class Pipeline:
         return out, (time.perf_counter() - t0) * 1000
 
     def cells_from_detections(self, image: np.ndarray, det) -> tuple[list[Cell], list[np.ndarray], list[int]]:
-        """Detections -> unclassified cells (kept labels only), crops of those to classify and their indices."""
+        """Detections -> unclassified cells (kept labels only), the crops of those in ``classify_labels`` (for the
+        classifiers and the report's gallery) and their indices."""
         from pipelines.crop import crop_square
 
         keep, to_classify = set(self.cfg["keep_labels"]), set(self.cfg["classify_labels"])
@@ -160,7 +161,7 @@ class Pipeline:
         for box, score, label in zip(det.xyxy, det.scores, det.labels):
             if label not in keep:
                 continue
-            if label in to_classify and self.stages:
+            if label in to_classify:
                 idx.append(len(cells))
                 crops.append(crop_square(image, box, self.cfg["crop_margin"]))
             cells.append(Cell([round(float(v), 1) for v in box], label, round(float(score), 4), label,

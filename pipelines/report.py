@@ -74,7 +74,7 @@ def _bar_svg(diff: dict) -> str:
     if not diff:
         return "<p class='muted'>No leukocytes counted.</p>"
     w, row = 520, 22
-    parts = [f"<svg width='{w + 180}' height='{row * len(diff) + 10}' role='img' aria-label='differential'>"]
+    parts = [f"<svg width='{w + 240}' height='{row * len(diff) + 10}' role='img' aria-label='differential'>"]
     for i, (label, v) in enumerate(diff.items()):
         y = 5 + i * row
         bw, lo, hi = w * v["percent"] / 100, w * v["ci95"][0] / 100, w * v["ci95"][1] / 100

@@ -228,7 +228,7 @@ def _infer(items, pipeline, opts) -> dict[str, tuple[FieldResult, dict[int, np.n
         for img in images:
             h, w = img.shape[:2]
             cell = Cell([0.0, 0.0, float(w), float(h)], "WBC", 1.0, "WBC", 1.0)
-            per_field.append(([cell], [img], [0] if pipeline.stages else []))
+            per_field.append(([cell], [img], [0]))
         crop_ms = [(time.perf_counter() - t0) * 1000 / n] * n
     else:
         t0 = time.perf_counter()
@@ -240,7 +240,8 @@ def _infer(items, pipeline, opts) -> dict[str, tuple[FieldResult, dict[int, np.n
             per_field.append(pipeline.cells_from_detections(img, det))
             crop_ms.append((time.perf_counter() - t1) * 1000)
     all_crops = [c for _, crops, idx in per_field for c in (crops if idx else [])]
-    verdicts, cls_ms = pipeline.classify(all_crops) if all_crops else ([], 0.0)
+    verdicts, cls_ms = pipeline.classify(all_crops) if all_crops and pipeline.stages else \
+        ([(None, None, {})] * len(all_crops), 0.0)
     out, v = {}, 0
     for (f, img, dec_ms), (cells, crops, idx), cms in zip(items, per_field, crop_ms):
         crop_by_cell = {}

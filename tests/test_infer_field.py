@@ -222,3 +222,36 @@ def test_full_run_makes_no_network_connection(tiny_models, synthetic_dir, tmp_pa
     assert res["code"] == 0, r.stderr[-2000:]
     assert res["attempts"] == [], res["attempts"]
     assert len(_lines(out)) == 6
+
+
+RSS_WRAPPER = r"""
+import json, resource, runpy, sys
+sys.argv = ["infer_field.py"] + sys.argv[1:]
+try:
+    runpy.run_path({tool!r}, run_name="__main__")
+except SystemExit as e:
+    code = e.code
+print("RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, code)
+"""
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_over_many_fields(tiny_models, synthetic_dir, tmp_path):
+    """Peak RSS of a 600-field run is within a few MB of a 60-field run: results are streamed, not collected."""
+    src = sorted(synthetic_dir.rglob("*.png"))
+    wrapper = tmp_path / "rss.py"
+    wrapper.write_text(RSS_WRAPPER.format(tool=str(ROOT / "tools" / "infer_field.py")))
+    peaks = {}
+    for n in (60, 600):
+        d = tmp_path / f"in{n}" / "smear"
+        d.mkdir(parents=True)
+        for i in range(n):
+            os.link(src[i % len(src)], d / f"f{i:04d}.png")
+        out = tmp_path / f"out{n}"
+        r = subprocess.run([sys.executable, str(wrapper), str(d), "--out", str(out), "--batch", "8", "--config",
+                            str(tiny_models["pipeline"]), "--no-progress"], capture_output=True, text=True)
+        line = [x for x in r.stdout.splitlines() if x.startswith("RSS")][-1].split()
+        assert line[2] == "0", r.stderr[-2000:]
+        peaks[n] = int(line[1]) / 1024  # MiB
+        assert len(_lines(out)) == n
+    assert peaks[600] - peaks[60] < 40, peaks
