@@ -118,7 +118,7 @@ def train_ssd(cfg: dict, out: Path, resume: bool = False, device: str = "cpu", l
                 img, boxes = img[::-1], np.stack([boxes[:, 0], h - boxes[:, 3], boxes[:, 2], h - boxes[:, 1]], 1)
             hsv_gain = 1 + rng.uniform(-1, 1, 3) * [t["hsv_h"], t["hsv_s"], t["hsv_v"]]
             img = np.clip(img.astype(np.float32) * hsv_gain[[2, 1, 0]] ** 0.5, 0, 255).astype(np.uint8)
-        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div(255).to(device)
+        x = torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1).float().div(255).to(device)
         target = {"boxes": torch.from_numpy(boxes.reshape(-1, 4)).to(device),
                   "labels": torch.tensor([classes.index(lab) + 1 for lab in rec.labels], dtype=torch.int64,
                                          device=device)}
@@ -135,7 +135,7 @@ def train_ssd(cfg: dict, out: Path, resume: bool = False, device: str = "cpu", l
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss)
+            total += float(loss.detach())
         with torch.no_grad():  # SSD returns losses only in train mode; BN-free VGG makes this a clean val loss
             val = sum(float(sum(model([x], [tt]).values())) for x, tt in (sample(r, False) for r in val_recs))
         val /= max(1, len(val_recs))

@@ -23,7 +23,8 @@ PIPELINE_SCHEMA = {
     "classifiers": Field(list, [], "cascade stages in order; each a mapping, see STAGE_SCHEMA"),
     "classify_labels": Field(list, ["WBC"], "detector labels whose crops go to the classifiers"),
     "keep_labels": Field(list, ["WBC", "RBC", "Platelets"], "detector labels written to the output"),
-    "crop_margin": Field(float, 0.15, "crop = square of the box's longest side * (1 + 2 * margin)"),
+    "crop_margin": Field(float, 0.75, "crop = square of the box's longest side * (1 + 2 * margin); 0.75 frames the "
+                                      "cell like the PBC (CellaVision) images the classifiers learn from"),
     "gallery_per_class": Field(int, 12, "cell crops kept per smear and class for the report's gallery"),
     "differential": Field(dict, {}, "report settings, see pipelines.differential.DIFFERENTIAL_SCHEMA"),
 }
