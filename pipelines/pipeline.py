@@ -20,6 +20,7 @@ from pipelines.results import Cell, TaskResult
 
 PIPELINE_SCHEMA = {
     "detector": Field(str, REQUIRED, "detector config (configs/detector/*.yaml)"),
+    "detector_conf": Field(float, None, "override the detector config's score threshold (e.g. 0.001 to measure AP)"),
     "classifiers": Field(list, [], "cascade stages in order; each a mapping, see STAGE_SCHEMA"),
     "classify_labels": Field(list, ["WBC"], "detector labels whose crops go to the classifiers"),
     "keep_labels": Field(list, ["WBC", "RBC", "Platelets"], "detector labels written to the output"),
@@ -47,6 +48,8 @@ def load_pipeline_config(path) -> dict:
 
     cfg = validate(load_yaml(path), PIPELINE_SCHEMA, str(path))
     cfg["detector_cfg"] = check_detector_config(load_yaml(resolve_path(cfg["detector"])), cfg["detector"])
+    if cfg["detector_conf"] is not None:
+        cfg["detector_cfg"]["conf"] = cfg["detector_conf"]
     stages = []
     for i, st in enumerate(cfg["classifiers"]):
         if not isinstance(st, dict):

@@ -212,16 +212,21 @@ json.dump({{"attempts": attempts, "code": code}}, open(out + "_net.json", "w"))
 
 
 def test_full_run_makes_no_network_connection(tiny_models, synthetic_dir, tmp_path):
+    fields = tmp_path / "fields"
+    shutil.copytree(synthetic_dir, fields)
+    (fields / "smear_01" / "notes.jpg").write_text("not an image")  # the path where Ultralytics would pip-install
     script = tmp_path / "guard.py"
     script.write_text(NET_GUARD.format(tool=str(ROOT / "tools" / "infer_field.py")))
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k not in ("YOLO_OFFLINE", "FIFTYONE_DO_NOT_TRACK")}
-    r = subprocess.run([sys.executable, str(script), "x", str(synthetic_dir), "--out", str(out), "--config",
+    r = subprocess.run([sys.executable, str(script), "x", str(fields), "--out", str(out), "--config",
                         str(tiny_models["pipeline"]), "--no-progress"], capture_output=True, text=True, env=env)
     res = json.loads(Path(str(out) + "_net.json").read_text())
-    assert res["code"] == 0, r.stderr[-2000:]
+    assert res["code"] == 1, r.stderr[-2000:]  # the text file is a failed field
     assert res["attempts"] == [], res["attempts"]
-    assert len(_lines(out)) == 6
+    recs = _lines(out)
+    assert len(recs) == 7
+    assert [r["error"] for r in recs if r["error"]] == ["not an image file (unrecognized format)"]
 
 
 RSS_WRAPPER = r"""
