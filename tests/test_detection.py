@@ -146,3 +146,21 @@ def test_real_dataset_splits(data_root):
     # the 1-pixel RBC box of BloodImage_00338 is dropped by min_size
     allr = read_split(bccd, "trainval") + recs
     assert all(b[2] - b[0] >= 2 and b[3] - b[1] >= 2 for r in allr for b in r.boxes)
+
+
+def test_coco_evaluate_perfect_and_missing(tmp_path):
+    from detection.evaluate import coco_evaluate
+
+    gt = [FieldAnnotation(tmp_path / "a.jpg", 100, 100, [[10, 10, 50, 50], [60, 60, 90, 90]], ["WBC", "RBC"]),
+          FieldAnnotation(tmp_path / "b.jpg", 100, 100, [[20, 20, 40, 40]], ["WBC"])]
+    perfect = {str((tmp_path / "a.jpg").resolve()): {"boxes": [[10, 10, 50, 50], [60, 60, 90, 90]],
+                                                     "scores": [0.9, 0.8], "labels": ["WBC", "RBC"]},
+               str((tmp_path / "b.jpg").resolve()): {"boxes": [[20, 20, 40, 40]], "scores": [0.7], "labels": ["WBC"]}}
+    m = coco_evaluate(gt, perfect, ["WBC", "RBC", "Platelets"])
+    assert m["per_class"]["WBC"]["AP50"] == 1.0 and m["per_class"]["RBC"]["AP"] == 1.0
+    assert m["per_class"]["Platelets"]["AP50"] is None  # no ground truth: left out of the mean
+    assert m["mAP50"] == 1.0
+    # the second field missing: half the WBCs are never found
+    del perfect[str((tmp_path / "b.jpg").resolve())]
+    m = coco_evaluate(gt, perfect, ["WBC", "RBC", "Platelets"])
+    assert m["fields_without_predictions"] == 1 and m["per_class"]["WBC"]["AP50"] == pytest.approx(0.5, abs=0.01)
