@@ -131,6 +131,8 @@ class YoloDetector:
         self.device = torch.device(device)
         self.half = bool(cfg["half"]) and self.device.type == "cuda"
         model = model.float().eval()
+        if hasattr(model, "fuse"):
+            model = model.fuse(verbose=False)  # conv + batch-norm folded: same outputs, faster
         for p in model.parameters():
             p.requires_grad_(False)
         self.model = (model.half() if self.half else model).to(self.device)
