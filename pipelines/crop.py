@@ -8,8 +8,8 @@ import numpy as np
 def crop_square(image: np.ndarray, box, margin: float = 0.15) -> np.ndarray:
     """Square crop centred on ``box`` (``xyxy``, original pixels), side = longest box side * (1 + 2 * margin).
 
-    Parts outside the image are filled by replicating the border, so a cell at the edge keeps its position and
-    scale. Returns RGB uint8 (side x side x 3); a degenerate box gives a 1 x 1 crop, never an error.
+    Parts outside the image are filled by mirroring the field at its border, so a cell at the edge keeps its
+    position and scale. Returns RGB uint8 (side x side x 3); a degenerate box gives a 1 x 1 crop, never an error.
     """
     import cv2
 
@@ -24,5 +24,6 @@ def crop_square(image: np.ndarray, box, margin: float = 0.15) -> np.ndarray:
     crop = image[ya:yb, xa:xb]
     pads = (ya - b, b + side - yb, xa - a, a + side - xb)
     if any(pads):
-        crop = cv2.copyMakeBorder(crop, *pads, cv2.BORDER_REPLICATE)
+        mode = cv2.BORDER_REFLECT_101 if min(crop.shape[:2]) > 1 else cv2.BORDER_REPLICATE
+        crop = cv2.copyMakeBorder(crop, *pads, mode)
     return np.ascontiguousarray(crop)

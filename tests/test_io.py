@@ -102,3 +102,15 @@ def test_square_resize_pads_without_distorting():
     b = square_resize(a, 30)
     assert b.shape == (30, 30, 3)
     assert b[15, 15, 0] == 200 and b[15, 0, 0] == 0
+
+
+def test_crop_square_centres_and_pads_at_edges():
+    from pipelines.crop import crop_square
+
+    im = np.zeros((100, 80, 3), np.uint8)
+    im[40:60, 30:50] = 255
+    c = crop_square(im, [30, 40, 50, 60], margin=0.5)
+    assert c.shape == (40, 40, 3) and c[20, 20, 0] == 255 and c[0, 0, 0] == 0
+    for box in ([0, 0, 5, 5], [75, 95, 80, 100], [79, 99, 80, 100], [-50, -50, -40, -40]):
+        c = crop_square(im, box, margin=0.75)
+        assert c.ndim == 3 and c.shape[0] == c.shape[1] and c.dtype == np.uint8

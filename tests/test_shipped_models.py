@@ -1,0 +1,64 @@
+"""The shipped default models on a few real images (../shared/data; skipped without it): they load from the
+default config, find the leukocytes of real fields and classify real cells far above chance. The full figures are
+in the README and model cards, measured by the evaluation tools."""
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from pipelines.config import load_yaml, resolve_path
+
+pytestmark = pytest.mark.realdata
+
+
+def _iou(a, b):
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_default_config_names_shipped_files_with_model_cards():
+    from pipelines.pipeline import load_pipeline_config
+
+    cfg = load_pipeline_config(ROOT / "configs" / "pipeline" / "default.yaml")
+    det = resolve_path(cfg["detector_cfg"]["weights"] or cfg["detector_cfg"]["model"])
+    assert det.exists()
+    for st in cfg["classifiers"]:
+        w = resolve_path(st["cfg"]["weights"])
+        assert w.exists() or st["optional"], w
+    cards = list((ROOT / "detection" / "weights").glob("*.md")) + list((ROOT / "classification" / "weights").glob("*.md"))
+    assert len(cards) >= 3
+
+
+def test_shipped_detector_finds_real_leukocytes(data_root):
+    from detection import build_detector
+    from detection.data import load_card, read_split
+    from pipelines.io import read_image
+
+    cfg = load_yaml(ROOT / "configs" / "detector" / "yolov8n_320_onnx.yaml")
+    det = build_detector(cfg)
+    recs = read_split(load_card("bccd"), "test")[:24]
+    found = total = 0
+    for r, d in zip(recs, det.detect([read_image(r.path) for r in recs])):
+        wbc = [b for b, lab in zip(d.xyxy, d.labels) if lab == "WBC"]
+        for g, lab in zip(r.boxes, r.labels):
+            if lab == "WBC":
+                total += 1
+                found += any(_iou(g, b) >= 0.5 for b in wbc)
+    assert total > 15 and found / total >= 0.9, (found, total)
+
+
+@pytest.mark.parametrize("task, floor", [("pbc8", 0.85), ("wang11", 0.7)])
+def test_shipped_classifiers_on_real_cells(data_root, task, floor):
+    from classification.classifier import Classifier
+    from classification.data import load_samples
+    from pipelines.io import read_image
+
+    clf = Classifier(ROOT / "classification" / "weights" / f"{task}_shufflenet128.pt")
+    samples = load_samples(task, "test")
+    rng = np.random.default_rng(0)
+    pick = [samples[i] for i in rng.choice(len(samples), 120, replace=False)]
+    probs = clf.classify([read_image(p) for p, _ in pick])
+    acc = np.mean([clf.classes[k] == lab for k, (_, lab) in zip(probs.argmax(1), pick)])
+    assert acc >= floor, acc
