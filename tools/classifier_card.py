@@ -1,0 +1,62 @@
+#!/usr/bin/env python
+"""Write the model card (Markdown, next to the weights) of a classifier checkpoint from what it carries:
+taxonomy, input size, normalization, temperature, training config and history, val/test metrics.
+
+  python tools/classifier_card.py classification/weights/pbc8_shufflenet128.pt \
+      --command "tools/train_classifier.py --config configs/classifier/pbc8_shufflenet128.yaml" [--note TEXT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("weights")
+    ap.add_argument("--command", action="append", default=[], help="training command(s), in order")
+    ap.add_argument("--note", action="append", default=[], help="extra paragraph(s)")
+    args = ap.parse_args(argv)
+
+    from classification.metrics import format_report
+    from classification.models import BACKBONES, load_checkpoint
+
+    path = Path(args.weights)
+    model, meta = load_checkpoint(path)
+    n_params = sum(p.numel() for p in model.parameters())
+    tr, m = meta["training"], meta["metrics"]
+    cfg = tr.get("config", {})
+    hist = tr.get("history", [])
+    lines = [f"# Model card: `{path.stem}`", "",
+             "| | |", "|---|---|",
+             f"| file | `{path.name}` ({path.stat().st_size / 1e6:.1f} MB) |",
+             f"| task | `{meta['task']}`: {', '.join(meta['classes'])} |",
+             f"| architecture | {meta['arch']} ({BACKBONES[meta['arch']][1]}, {n_params / 1e6:.2f}M parameters), "
+             "trained from scratch |",
+             f"| input | RGB crop padded to square, resized to {meta['input_size']} px, scaled to [0, 1], normalized "
+             f"with mean {meta['mean']} and std {meta['std']} |",
+             f"| output | softmax(logits / T), temperature T = {meta['temperature']:.3f} fitted on val |",
+             f"| training data | {tr.get('n_train')} images; per class: {tr.get('class_counts')} |",
+             f"| training | {len(hist)} epochs run; config `train`: {cfg.get('train')} |",
+             f"| date | {meta['date']} |", ""]
+    if args.command:
+        lines += ["## Training commands", ""] + [f"    .venv/bin/python {c}" for c in args.command] + [""]
+    for split in ("val", "test"):
+        if split in m:
+            lines += [f"## {split} split (2-core CPU evaluation, fixed split of ../shared/data)", "", "```",
+                      format_report(m[split]), "```", ""]
+    lines += [f"Uncalibrated ECE on val: {m.get('val_uncalibrated_ece')}; after temperature scaling: "
+              f"{m.get('val', {}).get('ece')}.", ""]
+    for n in args.note:
+        lines += [n, ""]
+    path.with_suffix(".md").write_text("\n".join(lines))
+    print(f"wrote {path.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
