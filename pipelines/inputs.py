@@ -42,8 +42,10 @@ def expand_inputs(inputs: list[str], manifest: str | None = None) -> tuple[list[
         else:
             matches = sorted(glob.glob(s, recursive=True))
             if not matches:
-                # a path that does not exist is still a field: its record says so, nothing silently vanishes
-                found.append((p, None)) if not any(ch in s for ch in "*?[") else notes.append(f"{s}: no match")
+                if any(ch in s for ch in "*?["):
+                    notes.append(f"{s}: no match")
+                else:  # a path that does not exist is still a field: its record says so, nothing silently vanishes
+                    found.append((p, None))
             for m in matches:
                 mp = Path(m)
                 if mp.is_dir():
