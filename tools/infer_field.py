@@ -89,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(fields, pipe, opts)
     except RunError as e:
         return err(str(e))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the fields done so far are in {Path(args.out) / 'fields.jsonl'}; run the same command "
+              "with --resume to finish", file=sys.stderr)
+        return 130
     this = summary["this_run"]
     print(json.dumps({k: summary[k] for k in ("fields_total", "fields_ok", "fields_failed", "cells", "smears")}
                      | {"wall_s": this["wall_s"], "fields_per_s": this["fields_per_s"]}))
