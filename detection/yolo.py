@@ -166,6 +166,9 @@ class OnnxYoloDetector:
             ["CPUExecutionProvider"]
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # idle ONNX Runtime threads must not spin: the classifiers (PyTorch) run right after on the same cores
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), opts, providers=[p for p in providers
                                                                         if p in ort.get_available_providers()])
         meta = self.session.get_modelmeta().custom_metadata_map
