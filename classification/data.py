@@ -81,3 +81,30 @@ def load_array(samples: list[tuple[Path, str]], classes: list[str], size: int, p
     for i, (p, _) in enumerate(it):
         x[i] = square_resize(read_image(p), size)
     return x, y
+
+
+def source_of(path: Path) -> str | None:
+    """Dataset folder a sample comes from (``pbc``, ``lmu_aml``), from its path under the data root."""
+    parts = Path(path).parts
+    for name in ("pbc", "lmu_aml"):
+        if name in parts:
+            return name
+    return None
+
+
+def harmonized_array(samples: list[tuple[Path, str]], classes: list[str], size: int, source: str, reference: str):
+    """Copies of the ``source`` samples made to look like ``reference`` (its train images' Lab statistics and the
+    magnification ratio ``SOURCE_ZOOM[source]``), at ``size``: ``(uint8 N x size x size x 3, labels)``."""
+    import numpy as np
+
+    from classification.harmonize import SOURCE_ZOOM, harmonize, lab_stats
+    from pipelines.io import read_image, square_resize
+
+    ref = [p for p, _ in load_samples("pbc8" if reference == "pbc" else "wang11", "train", [reference])]
+    rng = np.random.default_rng(0)
+    mean, std = lab_stats([read_image(ref[i]) for i in rng.choice(len(ref), size=min(400, len(ref)), replace=False)])
+    picked = [(p, lab) for p, lab in samples if source_of(p) == source]
+    x = np.empty((len(picked), size, size, 3), np.uint8)
+    for i, (p, _) in enumerate(picked):
+        x[i] = square_resize(harmonize(read_image(p), mean, std, SOURCE_ZOOM.get(source, 1.0)), size)
+    return x, np.array([classes.index(lab) for _, lab in picked], np.int64)

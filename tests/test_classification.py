@@ -173,3 +173,16 @@ def test_real_classification_samples(data_root):
     labels = {lab for _, lab in w}
     assert "blast" in labels and "reactive_lymphocyte" not in labels
     assert all(p.exists() for p, _ in w[:50])
+
+
+def test_harmonize_matches_reference_colour_and_keeps_size():
+    from classification.harmonize import harmonize, lab_stats
+
+    rng = np.random.default_rng(0)
+    ref = [np.clip(rng.normal((230, 200, 190), 15, (32, 32, 3)), 0, 255).astype(np.uint8) for _ in range(3)]
+    mean, std = lab_stats(ref)
+    src = np.clip(rng.normal((150, 120, 220), 25, (40, 40, 3)), 0, 255).astype(np.uint8)
+    out = harmonize(src, mean, std, zoom=0.5)
+    assert out.shape == src.shape and out.dtype == np.uint8
+    m2, _ = lab_stats([harmonize(src, mean, std, zoom=1.0)])
+    assert np.abs(m2 - mean).max() < 3  # the colour statistics moved onto the reference's

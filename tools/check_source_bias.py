@@ -23,30 +23,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def lab_stats(paths, n=400):
-    import cv2
+def reference_stats(paths, n=400):
+    """Lab statistics of ``n`` random images of ``paths`` (the reference laboratory)."""
     import numpy as np
 
+    from classification.harmonize import lab_stats
     from pipelines.io import read_image
 
     rng = np.random.default_rng(0)
-    idx = rng.choice(len(paths), size=min(n, len(paths)), replace=False)
-    px = np.concatenate([cv2.cvtColor(read_image(paths[i]), cv2.COLOR_RGB2LAB).reshape(-1, 3)[::7] for i in idx])
-    return px.mean(0), px.std(0)
-
-
-def harmonize(img, mean, std, zoom: float):
-    import cv2
-    import numpy as np
-
-    lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB).astype(np.float32)
-    m, s = lab.reshape(-1, 3).mean(0), lab.reshape(-1, 3).std(0) + 1e-6
-    lab = (lab - m) / s * std + mean
-    out = cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
-    h, w = out.shape[:2]
-    small = cv2.resize(out, (max(1, round(w * zoom)), max(1, round(h * zoom))), interpolation=cv2.INTER_AREA)
-    py, px = h - small.shape[0], w - small.shape[1]
-    return cv2.copyMakeBorder(small, py // 2, py - py // 2, px // 2, px - px // 2, cv2.BORDER_REFLECT)
+    return lab_stats([read_image(paths[i]) for i in rng.choice(len(paths), size=min(n, len(paths)), replace=False)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,12 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from classification.data import load_samples
+    from classification.harmonize import harmonize
     from pipelines.io import read_image, write_image
     from tools.infer_field import main as infer
 
     run = Path(args.run)
     lmu = load_samples("wang11", "test", ["lmu_aml"])
-    mean, std = lab_stats([p for p, _ in load_samples("pbc8", "train")])
+    mean, std = reference_stats([p for p, _ in load_samples("pbc8", "train")])
     hdir = run / "harmonized"
     for p, lab in lmu:
         d = hdir / lab

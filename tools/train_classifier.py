@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from classification.classifier import check_classifier_config
-    from classification.data import load_array, load_folder_samples, load_samples
+    from classification.data import harmonized_array, load_array, load_folder_samples, load_samples
     from classification.metrics import format_report
     from classification.models import BACKBONES
     from classification.taxonomies import check_task
@@ -62,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         data[split] = load_array(samples, classes, size, progress=True) if samples else None
         print(f"{split}: {len(samples)} samples", flush=True)
+        if split != "test" and tcfg.get("harmonize"):
+            import numpy as np
+
+            for source, reference in tcfg["harmonize"].items():
+                hx, hy = harmonized_array(samples, classes, size, source, reference)
+                data[split] = (np.concatenate([data[split][0], hx]), np.concatenate([data[split][1], hy]))
+                print(f"{split}: + {len(hy)} {source} images harmonized to {reference}", flush=True)
     metrics = train_classifier(cfg, out, data, resume=args.resume, log=lambda m: print(m, flush=True))
     Path(out).with_suffix(".metrics.json").write_text(json.dumps(metrics, indent=1))
     for split in ("val", "test"):
