@@ -59,7 +59,8 @@ def _tiny_cnn(num_classes: int):
     import torch.nn as nn
 
     return nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1),
-                         nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
+                         nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(16, num_classes))
 
 
 def save_checkpoint(path: Path, model, arch: str, task: str, classes: list[str], input_size: int, mean, std,

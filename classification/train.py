@@ -47,9 +47,9 @@ TRAIN_SCHEMA = {
     "stain": Field(float, 0.08, "per-channel gain jitter (stain hue differences between labs)"),
     "run_dir": Field(str, "runs/classifier", "checkpoints and logs"),
     "time_budget_min": Field(float, 0.0, "stop after this many minutes (0 = no limit); best checkpoint kept"),
-    "harmonize": Field(dict, None, "{source: reference}: also train (and select) on a copy of every train / val image of "
-                                   "source made to look like reference (classification.harmonize), so that a class "
-                                   "only one laboratory provides is learnt by morphology"),
+    "harmonize": Field(dict, None, "{source: reference}: also train (and select) on a copy of every train / val "
+                                   "image of source made to look like reference (classification.harmonize), so that "
+                                   "a class only one laboratory provides is learnt by morphology"),
 }
 
 MEAN = (0.485, 0.456, 0.406)

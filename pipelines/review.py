@@ -36,8 +36,9 @@ def read_ground_truth(path: Path, fmt: str, classes: list[str]) -> dict[str, tup
     elif fmt == "yolo":
         for t in sorted(path.glob("*.txt")):
             rows = [ln.split() for ln in t.read_text().splitlines() if len(ln.split()) >= 5]
-            out[t.stem] = ([[float(v) for v in r[1:5]] for r in rows], [classes[int(r[0])] for r in rows])
-            out[t.stem] = ("yolo-relative", out[t.stem])  # converted once the image size is known
+            # relative cx, cy, w, h: converted once the image size is known (_gt_detections)
+            boxes = [[float(v) for v in r[1:5]] for r in rows]
+            out[t.stem] = ("yolo-relative", (boxes, [classes[int(r[0])] for r in rows]))
     else:
         raise ValueError(f"unknown ground-truth format '{fmt}'; valid: voc, yolo, coco")
     return out

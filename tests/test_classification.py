@@ -24,7 +24,8 @@ def test_metrics_hand_computed():
     c = confusion(y, p, 3)
     assert c.tolist() == [[2, 1, 0], [0, 2, 0], [1, 0, 0]]
     pc = per_class(c, ["a", "b", "c"])
-    assert pc["a"]["sensitivity"] == pytest.approx(2 / 3, abs=1e-4) and pc["a"]["precision"] == pytest.approx(2 / 3, abs=1e-4)
+    assert pc["a"]["sensitivity"] == pytest.approx(2 / 3, abs=1e-4)
+    assert pc["a"]["precision"] == pytest.approx(2 / 3, abs=1e-4)
     assert pc["a"]["specificity"] == pytest.approx(2 / 3, abs=1e-4)  # tn = 2 (rows b, c cols b, c), fp = 1
     assert pc["b"]["specificity"] == pytest.approx(3 / 4, abs=1e-4)
     assert pc["c"]["sensitivity"] == 0.0 and pc["c"]["precision"] is None

@@ -27,7 +27,7 @@ def test_default_config_names_shipped_files_with_model_cards():
     for st in cfg["classifiers"]:
         w = resolve_path(st["cfg"]["weights"])
         assert w.exists() or st["optional"], w
-    cards = list((ROOT / "detection" / "weights").glob("*.md")) + list((ROOT / "classification" / "weights").glob("*.md"))
+    cards = [*(ROOT / "detection" / "weights").glob("*.md"), *(ROOT / "classification" / "weights").glob("*.md")]
     assert len(cards) >= 3
 
 

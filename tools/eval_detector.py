@@ -2,7 +2,7 @@
 """Evaluate detection on a dataset card's split through the real pipeline output (AP50 per class, COCO mAP).
 
   python tools/eval_detector.py --dataset bccd --split test --run out/eval_bccd_test
-  python tools/eval_detector.py --dataset txl_pbc --split test --run out/eval_txl_test --config configs/pipeline/default.yaml
+  python tools/eval_detector.py --dataset txl_pbc --split test --run out/eval_txl --config configs/pipeline/default.yaml
 
 If RUN/fields.jsonl does not exist, tools/infer_field.py is run first on the split's images with --config.
 Writes RUN/detection_eval.json and prints per-class AP50 / AP and the means.
