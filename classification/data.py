@@ -97,12 +97,11 @@ def harmonized_array(samples: list[tuple[Path, str]], classes: list[str], size: 
     magnification ratio ``SOURCE_ZOOM[source]``), at ``size``: ``(uint8 N x size x size x 3, labels)``."""
     import numpy as np
 
-    from classification.harmonize import SOURCE_ZOOM, harmonize, lab_stats
+    from classification.harmonize import SOURCE_ZOOM, harmonize, reference_stats
     from pipelines.io import read_image, square_resize
 
-    ref = [p for p, _ in load_samples("pbc8" if reference == "pbc" else "wang11", "train", [reference])]
-    rng = np.random.default_rng(0)
-    mean, std = lab_stats([read_image(ref[i]) for i in rng.choice(len(ref), size=min(400, len(ref)), replace=False)])
+    mean, std = reference_stats([p for p, _ in load_samples("pbc8" if reference == "pbc" else "wang11", "train",
+                                                            [reference])])
     picked = [(p, lab) for p, lab in samples if source_of(p) == source]
     x = np.empty((len(picked), size, size, 3), np.uint8)
     for i, (p, _) in enumerate(picked):

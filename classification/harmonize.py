@@ -21,6 +21,14 @@ def lab_stats(images) -> tuple[np.ndarray, np.ndarray]:
     return px.mean(0), px.std(0)
 
 
+def reference_stats(paths, n: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    """Lab statistics of ``n`` images of ``paths`` drawn with seed 0 (the reference laboratory's look)."""
+    from pipelines.io import read_image
+
+    rng = np.random.default_rng(0)
+    return lab_stats([read_image(paths[i]) for i in rng.choice(len(paths), size=min(n, len(paths)), replace=False)])
+
+
 def harmonize(img: np.ndarray, mean: np.ndarray, std: np.ndarray, zoom: float) -> np.ndarray:
     """Colour-transfer ``img`` (RGB uint8) to Lab statistics ``mean``/``std`` and zoom it by ``zoom`` (< 1 shrinks,
     borders mirrored); same size out."""

@@ -81,8 +81,9 @@ def render_field(seed: int, width: int = 732, height: int = 574, n_wbc: int | No
                 return cx, cy
         return None
 
-    out = SyntheticField(image=np.zeros(0))
-    boxes, labels, kinds = out.boxes, out.labels, out.kinds
+    boxes: list[list[float]] = []
+    labels: list[str] = []
+    kinds: list[str | None] = []
 
     def add_box(cx, cy, rx, ry, label, kind=None):
         x1, y1, x2, y2 = max(0.0, cx - rx), max(0.0, cy - ry), min(float(width), cx + rx), min(float(height), cy + ry)
@@ -94,7 +95,7 @@ def render_field(seed: int, width: int = 732, height: int = 574, n_wbc: int | No
     # leukocytes first, so red cells pack around them
     kinds_drawn = list(wbc_kinds) if wbc_kinds else [WBC_KINDS[int(rng.integers(len(WBC_KINDS)))]
                                                      for _ in range(n_wbc)]
-    for kind in kinds_drawn[:n_wbc] if not wbc_kinds else kinds_drawn:
+    for kind in kinds_drawn:
         r = float(rng.uniform(58, 78)) if kind != "lymphocyte" else float(rng.uniform(45, 58))
         pos = place(r, overlap=0.0)
         if pos is None:

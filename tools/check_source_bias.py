@@ -23,17 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def reference_stats(paths, n=400):
-    """Lab statistics of ``n`` random images of ``paths`` (the reference laboratory)."""
-    import numpy as np
-
-    from classification.harmonize import lab_stats
-    from pipelines.io import read_image
-
-    rng = np.random.default_rng(0)
-    return lab_stats([read_image(paths[i]) for i in rng.choice(len(paths), size=min(n, len(paths)), replace=False)])
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True)
@@ -42,9 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from classification.data import load_samples
-    from classification.harmonize import harmonize
+    from classification.harmonize import harmonize, reference_stats
     from pipelines.io import read_image, write_image
-    from tools.infer_field import main as infer
+    from tools.infer_field import run_once
 
     run = Path(args.run)
     lmu = load_samples("wang11", "test", ["lmu_aml"])
@@ -58,10 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     res = {}
     for name, inputs in (("original", [str(p) for p, _ in lmu]), ("harmonized", [str(hdir)])):
         out = run / name
-        if not (out / "fields.jsonl").exists():
-            rc = infer(inputs + ["--cells", "--out", str(out), "--config", args.config, "--no-progress"])
-            if rc not in (0, 1):
-                return rc
+        rc = run_once(out, inputs + ["--cells", "--config", args.config])
+        if rc:
+            return rc
         truth = {p.stem: lab for p, lab in lmu}
         calls = {"blast": [], "segmented_neutrophil": []}
         for line in (out / "fields.jsonl").read_text().splitlines():

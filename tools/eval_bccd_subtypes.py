@@ -45,13 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     ids = sorted(sub) if args.split == "all" else \
         [i for i in (root / card["splits"][args.split]).read_text().split() if i in sub]
     run = Path(args.run)
-    if not (run / "fields.jsonl").exists():
-        from tools.infer_field import main as infer
+    from tools.infer_field import run_once
 
-        rc = infer([str(root / "JPEGImages" / f"{i}.jpg") for i in ids] +
-                   ["--out", str(run), "--config", args.config, "--device", args.device, "--no-progress"])
-        if rc not in (0, 1):
-            return rc
+    rc = run_once(run, [str(root / "JPEGImages" / f"{i}.jpg") for i in ids] +
+                  ["--config", args.config, "--device", args.device])
+    if rc:
+        return rc
     res = {}
     recs = {Path(json.loads(x)["path"]).stem: json.loads(x) for x in (run / "fields.jsonl").read_text().splitlines()}
     for task in ("pbc8", "wang11"):

@@ -51,12 +51,12 @@ def main(argv: list[str] | None = None) -> int:
             w.writerow(["path", "smear_id"])
             for p, _ in samples:
                 w.writerow([str(p.resolve()), f"{args.task}_{args.split}"])
-        from tools.infer_field import main as infer
+    from tools.infer_field import run_once
 
-        rc = infer(["--manifest", str(run / "manifest.csv"), "--cells", "--out", str(run), "--config", args.config,
-                    "--device", args.device, "--batch", str(args.batch), "--no-progress"])
-        if rc not in (0, 1):
-            return rc
+    rc = run_once(run, ["--manifest", str(run / "manifest.csv"), "--cells", "--config", args.config,
+                        "--device", args.device, "--batch", str(args.batch)])
+    if rc:
+        return rc
     truth = {str(p.resolve()): lab for p, lab in samples}
     probs, y, final, src = [], [], [], []
     with open(run / "fields.jsonl") as f:

@@ -35,13 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     card = load_card(args.dataset)
     gt = read_split(card, args.split)
     run = Path(args.run)
-    if not (run / "fields.jsonl").exists():
-        from tools.infer_field import main as infer
+    from tools.infer_field import run_once
 
-        rc = infer([str(r.path) for r in gt] + ["--out", str(run), "--config", args.config, "--device", args.device,
-                                                "--batch", str(args.batch), "--no-progress"])
-        if rc not in (0, 1):
-            return rc
+    rc = run_once(run, [str(r.path) for r in gt] + ["--config", args.config, "--device", args.device,
+                                                    "--batch", str(args.batch)])
+    if rc:
+        return rc
     m = coco_evaluate(gt, predictions_from_jsonl(run / "fields.jsonl"), card["classes"])
     m.update({"dataset": card["name"], "split": args.split, "run": str(run)})
     (run / "detection_eval.json").write_text(json.dumps(m, indent=1))
