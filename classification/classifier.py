@@ -1,6 +1,11 @@
-"""Classifier inference from a self-describing checkpoint (``classification.models.save_checkpoint``)."""
+"""Classifier inference from a self-describing checkpoint (``classification.models.save_checkpoint``), in PyTorch
+(``.pt``) or in ONNX Runtime (``.onnx`` written by ``export_onnx``: the same network with normalization, temperature
+and softmax inside the graph, uint8 NHWC crops in, probabilities out, the checkpoint's metadata alongside).
+``load_classifier`` picks the runtime by the file's suffix; both give the same interface."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -22,6 +27,24 @@ def check_classifier_config(cfg: dict, where: str = "classifier config") -> dict
         raise ConfigError(f"{where}: min_confidence must be in [0, 1]")
     validate(cfg["train"], TRAIN_SCHEMA, f"{where}: train")
     return cfg
+
+
+def load_classifier(weights, device: str = "cpu", batch: int = 64, half: bool = False):
+    """A ``Classifier`` (``.pt`` checkpoint) or ``OnnxClassifier`` (``.onnx`` export) for ``weights``."""
+    path = resolve_path(weights)
+    if path is not None and path.suffix.lower() == ".onnx":
+        return OnnxClassifier(path, device=device, batch=batch)
+    return Classifier(path, device=device, batch=batch, half=half)
+
+
+def _preprocess(crops: list[np.ndarray], size: int) -> np.ndarray:
+    """Crops -> uint8 NHWC at ``size`` (border-replicated to square, then resized)."""
+    from pipelines.io import square_resize
+
+    out = np.empty((len(crops), size, size, 3), np.uint8)
+    for i, c in enumerate(crops):
+        out[i] = square_resize(c, size)
+    return out
 
 
 class Classifier:
@@ -49,12 +72,7 @@ class Classifier:
 
     def preprocess(self, crops: list[np.ndarray]) -> np.ndarray:
         """Crops -> uint8 NHWC at the input size (border-replicated to square, then resized)."""
-        from pipelines.io import square_resize
-
-        out = np.empty((len(crops), self.input_size, self.input_size, 3), np.uint8)
-        for i, c in enumerate(crops):
-            out[i] = square_resize(c, self.input_size)
-        return out
+        return _preprocess(crops, self.input_size)
 
     def classify(self, crops: list[np.ndarray]) -> np.ndarray:
         """Probabilities (N, K) for RGB uint8 crops; (0, K) for none."""
@@ -74,3 +92,98 @@ class Classifier:
                 logits = self.model(t.half() if self.half else t).float() / self.temperature
                 out.append(torch.softmax(logits, 1).cpu().numpy())
         return np.concatenate(out).astype(np.float32)
+
+
+ONNX_META_KEY = "leukodiff_classifier"
+
+
+class OnnxClassifier:
+    """A classifier exported by ``export_onnx``, run by ONNX Runtime; the interface of ``Classifier``."""
+
+    def __init__(self, path, device: str = "cpu", batch: int = 64):
+        import json
+
+        import onnxruntime as ort
+
+        path = resolve_path(path)
+        if path is None or not path.exists():
+            raise FileNotFoundError(f"classifier weights not found: {path}")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else \
+            ["CPUExecutionProvider"]
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # idle threads must not spin: measured 10-20% fewer fields/s with spinning, decode threads lose the cores
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(path), opts, providers=[p for p in providers
+                                                                        if p in ort.get_available_providers()])
+        raw = self.session.get_modelmeta().custom_metadata_map.get(ONNX_META_KEY)
+        if raw is None:
+            raise ValueError(f"{path}: not a leukodiff classifier export (no '{ONNX_META_KEY}' metadata); write it "
+                             "with tools/export_onnx.py --classifier")
+        self.meta = json.loads(raw)
+        self.task, self.classes = self.meta["task"], list(self.meta["classes"])
+        self.input_size, self.temperature = int(self.meta["input_size"]), float(self.meta["temperature"])
+        self.batch = batch
+        self.name = f"{self.task}:{self.meta['arch']}@{self.input_size}:{path.name}"
+
+    def preprocess(self, crops: list[np.ndarray]) -> np.ndarray:
+        """Crops -> uint8 NHWC at the input size (border-replicated to square, then resized)."""
+        return _preprocess(crops, self.input_size)
+
+    def classify(self, crops: list[np.ndarray]) -> np.ndarray:
+        """Probabilities (N, K) for RGB uint8 crops; (0, K) for none."""
+        if not len(crops):
+            return np.zeros((0, len(self.classes)), np.float32)
+        return self.classify_prepared(self.preprocess(crops))
+
+    def classify_prepared(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities for crops already at the input size (uint8 NHWC)."""
+        if not len(x):
+            return np.zeros((0, len(self.classes)), np.float32)
+        out = [self.session.run(None, {"crops": np.ascontiguousarray(x[i:i + self.batch])})[0]
+               for i in range(0, len(x), self.batch)]
+        return np.concatenate(out).astype(np.float32)
+
+
+def export_onnx(checkpoint, out, opset: int = 17) -> Path:
+    """Export a ``.pt`` classifier checkpoint to ONNX for ``OnnxClassifier``: input ``crops`` uint8 (N, S, S, 3),
+    output ``probs`` float32 (N, K) = softmax(logits / temperature), metadata = the checkpoint's (without weights and
+    training history) plus the source file's name and sha256. Returns the written path."""
+    import hashlib
+    import json
+
+    import onnx
+    import torch
+
+    from classification.models import load_checkpoint
+
+    checkpoint, out = Path(resolve_path(checkpoint)), Path(out)
+    model, meta = load_checkpoint(checkpoint)
+
+    class _Export(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+            self.register_buffer("mean", torch.tensor(meta["mean"]).view(1, 3, 1, 1) * 255)
+            self.register_buffer("std", torch.tensor(meta["std"]).view(1, 3, 1, 1) * 255)
+
+        def forward(self, crops):
+            x = (crops.permute(0, 3, 1, 2).float() - self.mean) / self.std
+            return torch.softmax(self.net(x) / float(meta["temperature"]), 1)
+
+    s = int(meta["input_size"])
+    example = torch.zeros((2, s, s, 3), dtype=torch.uint8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(_Export().eval(), (example,), str(out), input_names=["crops"], output_names=["probs"],
+                      dynamic_axes={"crops": {0: "n"}, "probs": {0: "n"}}, opset_version=opset, dynamo=False)
+    info = {k: meta[k] for k in ("arch", "task", "classes", "input_size", "mean", "std", "temperature", "date")}
+    info["source"] = checkpoint.name
+    info["source_sha256"] = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    info["metrics"] = {split: {k: meta["metrics"][split][k] for k in ("accuracy", "mean_class_accuracy", "ece")
+                               if k in meta["metrics"][split]}
+                       for split in ("val", "test") if isinstance(meta.get("metrics", {}).get(split), dict)}
+    m = onnx.load(str(out))
+    entry = m.metadata_props.add()
+    entry.key, entry.value = ONNX_META_KEY, json.dumps(info)
+    onnx.save(m, str(out))
+    return out

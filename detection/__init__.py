@@ -35,7 +35,9 @@ DETECTOR_SCHEMA = {
                                   "onnx: exported .onnx"),
     "weights": Field(str, None, "trained weights (.pt/.onnx), relative to the repo root; None = untrained model"),
     "classes": Field(list, ["WBC", "RBC", "Platelets"], "class names in index order"),
-    "imgsz": Field(int, 416, "network input size (square letterbox for YOLO, resize for SSD300)"),
+    "imgsz": Field(int, 416, "network input size (longest side of the letterbox for YOLO, resize for SSD300)"),
+    "rect": Field(bool, False, "yolo / onnx: letterbox a batch to the smallest multiple of 32 that holds its images "
+                               "at imgsz (320x256 for 732x574 fields) instead of a square; same scale, less padding"),
     "conf": Field(float, 0.25, "minimum score kept"),
     "iou": Field(float, 0.5, "NMS IoU threshold"),
     "max_det": Field(int, 300, "maximum detections per image"),
@@ -82,8 +84,10 @@ def build_detector(cfg: dict, device: str = "cpu"):
     return DETECTORS[cfg["backend"]](cfg, device)
 
 
-def letterbox(image: np.ndarray, size: int, pad_value: int = 114) -> tuple[np.ndarray, float, tuple[int, int]]:
-    """Resize keeping the aspect ratio into a ``size`` x ``size`` canvas, centred.
+def letterbox(image: np.ndarray, size: int, pad_value: int = 114,
+              canvas_hw: tuple[int, int] | None = None) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """Resize keeping the aspect ratio so that the longest side fits ``size``, centred on a ``size`` x ``size``
+    canvas (or ``canvas_hw``, which must hold the resized image).
 
     Returns the canvas (uint8 HxWx3), the scale factor and the (left, top) padding, so that an original point is
     ``(x * scale + left, y * scale + top)`` on the canvas.
@@ -93,8 +97,20 @@ def letterbox(image: np.ndarray, size: int, pad_value: int = 114) -> tuple[np.nd
     h, w = image.shape[:2]
     scale = min(size / h, size / w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    ch, cw = canvas_hw or (size, size)
     resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else image
-    top, left = (size - nh) // 2, (size - nw) // 2
-    canvas = np.full((size, size, 3), pad_value, np.uint8)
+    top, left = (ch - nh) // 2, (cw - nw) // 2
+    canvas = np.full((ch, cw, 3), pad_value, np.uint8)
     canvas[top:top + nh, left:left + nw] = resized
     return canvas, scale, (left, top)
+
+
+def rect_canvas(shapes: list[tuple[int, int]], size: int, stride: int = 32) -> tuple[int, int]:
+    """Smallest (height, width), multiples of ``stride``, that hold every image of ``shapes`` letterboxed at
+    ``size`` (see ``letterbox``)."""
+    hh = ww = stride
+    for h, w in shapes:
+        scale = min(size / h, size / w)
+        hh = max(hh, -(-max(1, round(h * scale)) // stride) * stride)
+        ww = max(ww, -(-max(1, round(w * scale)) // stride) * stride)
+    return hh, ww

@@ -1,8 +1,9 @@
 """Ultralytics YOLO backends (YOLOv3u, YOLOv8/11 nano...) with the project's own batched pre/post-processing.
 
-Both backends share one path: letterbox every image to ``imgsz`` x ``imgsz``, run the network on the batch (PyTorch
-or ONNX Runtime), decode the raw head output ``(B, 4 + K, A)`` (``cx, cy, w, h`` in canvas pixels, then K class
-scores) with class-aware NMS, and map the boxes back to original pixels. Ultralytics' own ``predict`` is only the
+Both backends share one path: letterbox every image to ``imgsz`` (square, or with ``rect`` the smallest multiple of
+32 that holds the batch), run the network on the batch (PyTorch or ONNX Runtime), decode the raw head output
+``(B, 4 + K, A)`` (``cx, cy, w, h`` in canvas pixels, then K class scores) with class-aware NMS, and map the boxes
+back to original pixels. Ultralytics' own ``predict`` is only the
 naive baseline of the benchmark.
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detection import Detections, letterbox
+from detection import Detections, letterbox, rect_canvas
 from pipelines.config import resolve_path
 
 
@@ -90,12 +91,14 @@ def decode(raw: np.ndarray, classes: list[str], metas: list[tuple[float, tuple[i
     return out
 
 
-def preprocess(images: list[np.ndarray], size: int) -> tuple[np.ndarray, list]:
-    """Letterbox RGB uint8 images into a float32 NCHW batch in [0, 1] plus the metas ``decode`` needs."""
-    batch = np.empty((len(images), 3, size, size), np.float32)
+def preprocess(images: list[np.ndarray], size: int, rect: bool = False) -> tuple[np.ndarray, list]:
+    """Letterbox RGB uint8 images into a float32 NCHW batch in [0, 1] plus the metas ``decode`` needs. ``rect``: the
+    batch's canvas is the smallest multiple of 32 that holds its images (``rect_canvas``), else ``size`` square."""
+    ch, cw = rect_canvas([im.shape[:2] for im in images], size) if rect else (size, size)
+    batch = np.empty((len(images), 3, ch, cw), np.float32)
     metas = []
     for i, im in enumerate(images):
-        canvas, scale, pad = letterbox(im, size)
+        canvas, scale, pad = letterbox(im, size, canvas_hw=(ch, cw))
         batch[i] = canvas.transpose(2, 0, 1)
         metas.append((scale, pad, im.shape[:2]))
     batch *= 1.0 / 255.0
@@ -144,7 +147,7 @@ class YoloDetector:
 
         if not images:
             return []
-        batch, metas = preprocess(images, self.cfg["imgsz"])
+        batch, metas = preprocess(images, self.cfg["imgsz"], self.cfg["rect"])
         x = torch.from_numpy(batch).to(self.device)
         with torch.inference_mode():
             y = self.model(x.half() if self.half else x)
@@ -187,7 +190,7 @@ class OnnxYoloDetector:
         """See the ``detection`` module contract."""
         if not images:
             return []
-        batch, metas = preprocess(images, self.cfg["imgsz"])
+        batch, metas = preprocess(images, self.cfg["imgsz"], self.cfg["rect"])
         raw = self.session.run(None, {self.input_name: batch})[0]
         return decode(raw, self.classes, metas, self.cfg["conf"], self.cfg["iou"], self.cfg["max_det"])
 
@@ -202,4 +205,43 @@ def export_onnx(weights: Path, imgsz: int, out: Path) -> Path:
     out = Path(out)
     if path.resolve() != out.resolve():
         shutil.move(str(path), out)
+    return out
+
+
+# Output convolutions of the YOLOv8 head (box distribution, class scores, DFL) stay in float: quantizing them costs
+# box precision for almost no time.
+HEAD_OUTPUT_CONVS = [f"/model.22/cv{a}.{i}/cv{a}.{i}.2/Conv" for a in (2, 3) for i in range(3)] + \
+    ["/model.22/dfl/conv/Conv"]
+
+
+def quantize_onnx(src: Path, out: Path, calibration: list[np.ndarray], imgsz: int, rect: bool = True) -> Path:
+    """Static int8 quantization (QDQ, per-channel weights, MinMax activation ranges from ``calibration`` images,
+    RGB uint8 fields letterboxed like at inference) of an exported YOLO ONNX model. Convolutions only; the head's
+    output convolutions stay in float. Returns ``out``."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, \
+        quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    src, out = Path(src), Path(out)
+    input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
+    conv_names = {n.name for n in onnx.load(str(src), load_external_data=False).graph.node if n.op_type == "Conv"}
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(calibration)
+
+        def get_next(self):
+            im = next(self._it, None)
+            return None if im is None else {input_name: preprocess([im], imgsz, rect)[0]}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
+                        nodes_to_exclude=[n for n in HEAD_OUTPUT_CONVS if n in conv_names], per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
     return out

@@ -80,7 +80,7 @@ class Pipeline:
     def __init__(self, cfg: dict, device: str = "cpu", half: bool = False, log=None):
         import torch
 
-        from classification.classifier import Classifier
+        from classification.classifier import load_classifier
         from detection import build_detector
 
         log = log or (lambda m: print(m, file=sys.stderr))
@@ -100,7 +100,7 @@ class Pipeline:
                     continue
                 raise FileNotFoundError(f"classifier weights not found for {c['task']}: {w} (mark the stage "
                                         "'optional: true' to run without it)")
-            clf = Classifier(w, device=device, batch=c["batch"], half=half)
+            clf = load_classifier(w, device=device, batch=c["batch"], half=half)
             self.stages.append(Stage(clf.task, clf, set(st["when"]) if st["when"] else None, c["min_confidence"]))
         from importlib.metadata import PackageNotFoundError, version
 

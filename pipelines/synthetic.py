@@ -159,9 +159,11 @@ def render_field(seed: int, width: int = 732, height: int = 574, n_wbc: int | No
     return SyntheticField(np.clip(img, 0, 255).astype(np.uint8), boxes, labels, kinds)
 
 
-def write_demo_fields(out_dir, n_smears: int = 2, fields_per_smear: int = 6, seed: int = 0) -> list:
-    """Write ``n_smears`` folders of synthetic PNG fields (smear id = folder name) plus ``ground_truth.json``
-    (per field: boxes, labels, kinds). Returns the written image paths."""
+def write_demo_fields(out_dir, n_smears: int = 2, fields_per_smear: int = 6, seed: int = 0,
+                      fmt: str = "png") -> list:
+    """Write ``n_smears`` folders of synthetic fields (``fmt``: png, or jpg at quality 95 as microscope cameras
+    write; smear id = folder name) plus ``ground_truth.json`` (per field: boxes, labels, kinds). Returns the written
+    image paths."""
     import json
     from pathlib import Path
 
@@ -174,8 +176,8 @@ def write_demo_fields(out_dir, n_smears: int = 2, fields_per_smear: int = 6, see
         d.mkdir(parents=True, exist_ok=True)
         for i in range(fields_per_smear):
             f = render_field(seed * 1000 + s * 100 + i)
-            p = d / f"field_{i + 1:03d}.png"
-            write_image(p, f.image)
+            p = d / f"field_{i + 1:03d}.{fmt}"
+            write_image(p, f.image, quality=95)
             paths.append(p)
             gt[str(p.relative_to(out_dir))] = {"boxes": f.boxes, "labels": f.labels, "kinds": f.kinds}
     (out_dir / "ground_truth.json").write_text(json.dumps(gt, indent=1))

@@ -1,10 +1,19 @@
 #!/usr/bin/env python
-"""Export a trained YOLO detector to ONNX (dynamic batch) for the ONNX Runtime backend.
+"""Export a trained YOLO detector or cell classifier to ONNX (dynamic batch) for ONNX Runtime.
 
   python tools/export_onnx.py --config configs/detector/yolov8n_320.yaml --out detection/weights/yolov8n_320.onnx
+  python tools/export_onnx.py --config configs/detector/yolov8n_320.yaml --int8 \
+      --out detection/weights/yolov8n_320_int8.onnx
+  python tools/export_onnx.py --classifier classification/weights/pbc8_shufflenet128.pt \
+      --out classification/weights/pbc8_shufflenet128.onnx
 
-Then point a detector config with `backend: onnx` at it (configs/detector/yolov8n_320_onnx.yaml).
-The export is checked: the ONNX model and the PyTorch model must give the same detections on sample images.
+Detector: point a detector config with `backend: onnx` at it (configs/detector/yolov8n_320_onnx.yaml). --int8 also
+quantizes it (static int8, convolutions only, activation ranges from --calib-images fields of the config's training
+data, letterboxed like at inference with rect); measure its AP with tools/eval_detector.py before shipping it.
+Classifier: name the .onnx as a pipeline stage's `weights` (configs/pipeline/default.yaml); it carries the
+checkpoint's taxonomy, input size, normalization and temperature. Every export is checked: the ONNX model and the
+PyTorch model must give the same detections on sample fields, or the same probabilities (within 1e-4) on sample
+crops; otherwise the tool exits 1.
 """
 
 from __future__ import annotations
@@ -18,9 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True, help="YOLO detector config with trained weights")
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--config", help="YOLO detector config with trained weights")
+    what.add_argument("--classifier", help="classifier checkpoint (.pt)")
     ap.add_argument("--out", required=True, help="ONNX file to write")
+    ap.add_argument("--int8", action="store_true", help="detector: static int8 quantization after the export")
+    ap.add_argument("--calib-images", type=int, default=64, help="--int8: calibration fields (default 64)")
     args = ap.parse_args(argv)
+    if args.classifier:
+        return export_classifier(args.classifier, Path(args.out))
 
     import numpy as np
 
@@ -33,7 +48,28 @@ def main(argv: list[str] | None = None) -> int:
     if cfg["backend"] != "yolo" or not cfg["weights"]:
         print("error: need a yolo config with trained weights", file=sys.stderr)
         return 2
-    out = export_onnx(resolve_path(cfg["weights"]), cfg["imgsz"], Path(args.out))
+    out = Path(args.out)
+    if args.int8:
+        import tempfile
+
+        from detection.data import load_card, read_split
+        from detection.yolo import quantize_onnx
+        from pipelines.io import read_image
+
+        calib = []
+        for spec in cfg["train"].get("data", ["bccd:trainval", "txl_pbc:train"]):
+            name, split = spec.split(":")
+            calib += [r.path for r in read_split(load_card(name), split)]
+        step = max(1, len(calib) // args.calib_images)
+        calib = [read_image(p) for p in calib[::step][: args.calib_images]]
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = export_onnx(resolve_path(cfg["weights"]), cfg["imgsz"], Path(tmp) / "fp32.onnx")
+            quantize_onnx(fp32, out, calib, cfg["imgsz"])
+        print(f"quantized with {len(calib)} calibration fields; int8 changes scores and boxes a little: compare AP "
+              "with tools/eval_detector.py")
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+        return 0
+    out = export_onnx(resolve_path(cfg["weights"]), cfg["imgsz"], out)
     images = [render_field(i).image for i in range(4)]
     a = build_detector(cfg).detect(images)
     b = build_detector({**cfg, "backend": "onnx", "weights": str(out.resolve())}).detect(images)
@@ -45,6 +81,27 @@ def main(argv: list[str] | None = None) -> int:
         if len(da):
             worst = max(worst, float(np.abs(da.xyxy - db.xyxy).max()))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); torch vs ONNX max box difference {worst:.3f} px")
+    return 0
+
+
+def export_classifier(checkpoint: str, out: Path) -> int:
+    import numpy as np
+
+    from classification.classifier import Classifier, OnnxClassifier, export_onnx
+    from pipelines.synthetic import render_field
+
+    if not Path(checkpoint).exists():
+        print(f"error: classifier checkpoint not found: {checkpoint}", file=sys.stderr)
+        return 2
+    out = export_onnx(checkpoint, out)
+    crops = [render_field(i).image[100:400, 150:450] for i in range(8)]
+    a = Classifier(checkpoint).classify(crops)
+    b = OnnxClassifier(out).classify(crops)
+    diff = float(np.abs(a - b).max())
+    if diff > 1e-4 or (a.argmax(1) != b.argmax(1)).any():
+        print(f"error: torch and ONNX probabilities differ by {diff:.2e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); torch vs ONNX max probability difference {diff:.1e}")
     return 0
 
 

@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_pipeline_config(args.config)
         pipe = Pipeline(cfg, device=args.device, half=args.half)
+        if not args.cells:
+            pipe.detector  # noqa: B018 - load it now: a missing or bad model is one error, not one per field
     except (ConfigError, FileNotFoundError, ValueError) as e:
         return err(str(e))
     opts = RunOptions(Path(args.out), batch=args.batch, resume=args.resume, cells_mode=args.cells,
@@ -102,11 +104,27 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_once(out: Path, argv: list[str]) -> int:
     """Run the pipeline (``argv`` without ``--out``) into ``out`` unless ``out/fields.jsonl`` exists, so evaluation
-    tools reuse a finished run. Returns 0 when the run exists or completed (failed fields included), else its code."""
-    if (Path(out) / "fields.jsonl").exists():
-        return 0
-    rc = main(argv + ["--out", str(out), "--no-progress"])
-    return 0 if rc in (0, 1) else rc
+    tools reuse a finished run. Returns 0 when the run exists or completed with every field processed; 1 (with a
+    message) when fields failed, since a metric over a run with failed fields would count them as missed; else the
+    run's exit code."""
+    jsonl = Path(out) / "fields.jsonl"
+    if not jsonl.exists():
+        rc = main(argv + ["--out", str(out), "--no-progress"])
+        if rc not in (0, 1):
+            return rc
+    failed, total, first = 0, 0, None
+    with open(jsonl, encoding="utf-8") as f:
+        for line in f:
+            total += 1
+            rec = json.loads(line)
+            if rec.get("error"):
+                failed += 1
+                first = first or f"{rec['path']}: {rec['error']}"
+    if failed:
+        print(f"error: {failed} of {total} fields failed in {out} (first: {first}); fix them, or delete the run folder "
+              "after fixing the configuration, before evaluating", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
