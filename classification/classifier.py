@@ -174,8 +174,12 @@ def export_onnx(checkpoint, out, opset: int = 17) -> Path:
     s = int(meta["input_size"])
     example = torch.zeros((2, s, s, 3), dtype=torch.uint8)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(_Export().eval(), (example,), str(out), input_names=["crops"], output_names=["probs"],
-                      dynamic_axes={"crops": {0: "n"}, "probs": {0: "n"}}, opset_version=opset, dynamo=False)
+    import warnings
+
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but is the one that writes opset 17 here
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(_Export().eval(), (example,), str(out), input_names=["crops"], output_names=["probs"],
+                          dynamic_axes={"crops": {0: "n"}, "probs": {0: "n"}}, opset_version=opset, dynamo=False)
     info = {k: meta[k] for k in ("arch", "task", "classes", "input_size", "mean", "std", "temperature", "date")}
     info["source"] = checkpoint.name
     info["source_sha256"] = hashlib.sha256(checkpoint.read_bytes()).hexdigest()

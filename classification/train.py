@@ -46,11 +46,11 @@ TRAIN_SCHEMA = {
     "translate": Field(float, 0.08, "random shift, fraction of the size"),
     "color": Field(float, 0.2, "brightness / contrast / saturation jitter"),
     "stain": Field(float, 0.08, "per-channel gain jitter (stain hue differences between labs)"),
-    "blur": Field(float, 0.0, "Gaussian blur of half the batches, sigma up to this (px at the input size): focus and "
-                              "optics of other microscopes; 0 = off"),
-    "resolution": Field(float, 1.0, "half the batches are sampled down to a random [resolution, 1] of the input size "
+    "blur": Field(float, 0.0, "Gaussian blur of half of each batch, sigma up to this (px at the input size): focus "
+                              "and optics of other microscopes; 0 = off"),
+    "resolution": Field(float, 1.0, "half of each batch is sampled down to a random [resolution, 1] of the input size "
                                     "and back up (lower magnification / cameras of other labs); 1 = off"),
-    "noise": Field(float, 0.0, "Gaussian pixel noise, std up to this (0-1 scale), on half the batches; 0 = off"),
+    "noise": Field(float, 0.0, "Gaussian pixel noise, std up to this (0-1 scale), on half of each batch; 0 = off"),
     "run_dir": Field(str, "runs/classifier", "checkpoints and logs"),
     "time_budget_min": Field(float, 0.0, "stop after this many minutes (0 = no limit); best checkpoint kept"),
     "harmonize": Field(dict, None, "{source: reference}: also train (and select) on a copy of every train / val "
@@ -92,31 +92,41 @@ def augment(x, cfg: dict, gen):
 
 
 def degrade(x, cfg: dict, gen):
-    """Image-quality augmentation of a batch (N, 3, S, S) in [0, 1]: each of resolution loss, blur and noise hits a
-    batch with probability 1/2 at a random strength (one strength per batch keeps it a few cheap tensor ops)."""
+    """Image-quality augmentation of a batch (N, 3, S, S) in [0, 1]: resolution loss, blur and noise, each on a random
+    half of the batch at one random strength (every batch stays a clean / degraded mix, so batch-norm statistics do
+    not swing between batches)."""
     import torch
     import torch.nn.functional as F
 
-    def coin():
-        return float(torch.rand(1, generator=gen)) < 0.5
+    def half():
+        return torch.rand(x.shape[0], generator=gen) < 0.5
 
     def uniform(lo, hi):
         return lo + (hi - lo) * float(torch.rand(1, generator=gen))
 
     size = x.shape[-1]
-    if cfg.get("resolution", 1.0) < 1.0 and coin():
+    if cfg.get("resolution", 1.0) < 1.0:
+        m = half()
         small = max(8, round(size * uniform(cfg["resolution"], 1.0)))
-        x = F.interpolate(F.interpolate(x, size=small, mode="area"), size=size, mode="bilinear", align_corners=False)
-    if cfg.get("blur", 0.0) > 0 and coin():
-        sigma = uniform(0.3, cfg["blur"])
-        r = max(1, math.ceil(2.5 * sigma))
-        k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype) / sigma) ** 2)
-        k = (k / k.sum()).to(x.device)
-        x = F.pad(x, (r, r, r, r), mode="reflect")
-        x = F.conv2d(x, k.view(1, 1, 1, -1).repeat(3, 1, 1, 1), groups=3)
-        x = F.conv2d(x, k.view(1, 1, -1, 1).repeat(3, 1, 1, 1), groups=3)
-    if cfg.get("noise", 0.0) > 0 and coin():
-        x = x + torch.randn(x.shape, generator=gen) * uniform(0.0, cfg["noise"])
+        if m.any() and small < size:
+            y = F.interpolate(F.interpolate(x[m], size=small, mode="area"), size=size, mode="bilinear",
+                              align_corners=False)
+            x = x.clone()
+            x[m] = y
+    if cfg.get("blur", 0.0) > 0:
+        m = half()
+        if m.any():
+            sigma = uniform(0.3, cfg["blur"])
+            r = max(1, math.ceil(2.5 * sigma))
+            k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype) / sigma) ** 2)
+            k = (k / k.sum()).to(x.device)
+            y = F.pad(x[m], (r, r, r, r), mode="reflect")
+            y = F.conv2d(y, k.view(1, 1, 1, -1).repeat(3, 1, 1, 1), groups=3)
+            x = x.clone()
+            x[m] = F.conv2d(y, k.view(1, 1, -1, 1).repeat(3, 1, 1, 1), groups=3)
+    if cfg.get("noise", 0.0) > 0:
+        m = half().view(-1, 1, 1, 1).to(x.dtype)
+        x = x + torch.randn(x.shape, generator=gen) * uniform(0.0, cfg["noise"]) * m
     return x.clamp_(0, 1)
 
 

@@ -196,14 +196,20 @@ class OnnxYoloDetector:
 
 
 def export_onnx(weights: Path, imgsz: int, out: Path) -> Path:
-    """Export trained YOLO weights to ONNX with a dynamic batch axis; returns the written path."""
+    """Export trained YOLO weights to ONNX with dynamic batch and image axes; returns the written path. Ultralytics
+    writes next to the weights, so the export runs on a temporary copy: nothing beside ``weights`` is touched."""
+    import tempfile
+
     ultralytics_offline()
     from ultralytics import YOLO
 
-    path = Path(YOLO(str(weights)).export(format="onnx", imgsz=imgsz, dynamic=True, simplify=False, nms=False,
-                                          opset=17, verbose=False))
     out = Path(out)
-    if path.resolve() != out.resolve():
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / Path(weights).name
+        shutil.copyfile(weights, copy)
+        path = Path(YOLO(str(copy)).export(format="onnx", imgsz=imgsz, dynamic=True, simplify=False, nms=False,
+                                           opset=17, verbose=False))
+        out.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(path), out)
     return out
 

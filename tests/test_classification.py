@@ -78,6 +78,66 @@ def test_checkpoint_roundtrip_and_classifier(tmp_path):
         Classifier(tmp_path / "missing.pt")
 
 
+def test_onnx_export_gives_the_checkpoint_probabilities(tmp_path):
+    import onnx
+
+    from classification.classifier import Classifier, OnnxClassifier, export_onnx, load_classifier
+
+    m = build_backbone("tiny_cnn", 3)
+    p = save_checkpoint(tmp_path / "c.pt", m, "tiny_cnn", "covid_rl", TAXONOMIES["covid_rl"], 32, (0.5,) * 3,
+                        (0.2,) * 3, temperature=1.7, metrics={"test": {"accuracy": 0.5, "ece": 0.1}})
+    o = export_onnx(p, tmp_path / "c.onnx")
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 255, (s, s + 7, 3), dtype=np.uint8) for s in (20, 33, 64)]
+    a, b = Classifier(p).classify(crops), OnnxClassifier(o).classify(crops)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert isinstance(load_classifier(o), OnnxClassifier) and isinstance(load_classifier(p), Classifier)
+    clf = load_classifier(o, batch=2)
+    assert clf.task == "covid_rl" and clf.classes == TAXONOMIES["covid_rl"] and clf.temperature == 1.7
+    assert clf.classify(crops).shape == (3, 3) and clf.classify([]).shape == (0, 3)
+    assert clf.meta["metrics"]["test"]["accuracy"] == 0.5 and clf.meta["source"] == "c.pt"
+    plain = onnx.load(str(o))
+    del plain.metadata_props[:]
+    onnx.save(plain, str(tmp_path / "plain.onnx"))
+    with pytest.raises(ValueError, match="not a leukodiff classifier"):
+        OnnxClassifier(tmp_path / "plain.onnx")
+
+
+def test_shipped_onnx_classifiers_are_exports_of_the_shipped_checkpoints():
+    """The default pipeline runs the .onnx files: they must come from the shipped .pt (re-export after retraining:
+    tools/export_onnx.py --classifier) and give its probabilities."""
+    import hashlib
+
+    from classification.classifier import Classifier, OnnxClassifier
+    from conftest import ROOT
+    from pipelines.synthetic import render_field
+
+    crops = [render_field(i).image[100:300, 200:400] for i in range(3)]
+    for task in ("pbc8", "wang11"):
+        pt = ROOT / "classification" / "weights" / f"{task}_shufflenet128.pt"
+        onx = OnnxClassifier(pt.with_suffix(".onnx"))
+        assert onx.meta["source_sha256"] == hashlib.sha256(pt.read_bytes()).hexdigest(), f"re-export {task}"
+        np.testing.assert_allclose(Classifier(pt).classify(crops), onx.classify(crops), atol=1e-4)
+
+
+def test_degradation_augmentation_keeps_shape_range_and_seed():
+    import torch
+
+    from classification.train import TRAIN_SCHEMA, augment, degrade
+    from pipelines.config import validate
+
+    x = torch.rand(16, 3, 32, 32)
+    cfg = validate({"blur": 1.5, "resolution": 0.5, "noise": 0.05}, TRAIN_SCHEMA, "t")
+    a = augment(x, cfg, torch.Generator().manual_seed(3))
+    b = augment(x, cfg, torch.Generator().manual_seed(3))
+    assert a.shape == x.shape and torch.equal(a, b) and a.min() >= 0 and a.max() <= 1
+    off = validate({}, TRAIN_SCHEMA, "t")
+    assert torch.equal(degrade(x.clone(), off, torch.Generator().manual_seed(0)), x)
+    d = degrade(x.clone(), cfg, torch.Generator().manual_seed(1))
+    changed = (d != x).flatten(1).any(1)
+    assert 0 < int(changed.sum()) < 16  # a part of the batch, not all or nothing
+
+
 def test_tiny_training_run_learns_and_writes_card(tmp_path):
     """Two colour classes drawn in code: a tiny CNN must separate them, and the checkpoint carries the card."""
     from classification.train import train_classifier

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from detection import Detections, build_detector, letterbox
+from detection import Detections, build_detector, letterbox, rect_canvas
 from detection.data import (FieldAnnotation, load_card, read_coco, read_split, read_voc, read_yolo, to_coco,
                             write_yolo_dataset)
 from detection.yolo import decode, nms
@@ -26,6 +26,26 @@ def test_letterbox_and_decode_map_back_to_original_pixels():
     assert det.labels == ("RBC",)
     np.testing.assert_allclose(det.xyxy[0], [100, 50, 300, 250], atol=1e-3)
     assert det.scores[0] == pytest.approx(0.9)
+
+
+def test_rect_letterbox_keeps_scale_and_maps_back():
+    from detection.yolo import preprocess
+
+    assert rect_canvas([(574, 732)], 320) == (256, 320)
+    assert rect_canvas([(480, 640)], 320) == (256, 320)
+    assert rect_canvas([(574, 732), (732, 574)], 320) == (320, 320)  # a batch holds both orientations
+    img = np.zeros((574, 732, 3), np.uint8)
+    batch, metas = preprocess([img], 320, rect=True)
+    assert batch.shape == (1, 3, 256, 320) and batch.dtype == np.float32
+    (scale, (left, top), hw) = metas[0]
+    _, sq_scale, _ = letterbox(img, 320)
+    assert scale == pytest.approx(sq_scale) and left == 0 and top == (256 - round(574 * scale)) // 2
+    x1, y1, x2, y2 = np.array([10, 500, 90, 570]) * scale + [left, top, left, top]
+    raw = np.zeros((1, 7, 1), np.float32)
+    raw[0, :4, 0] = [(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]
+    raw[0, 4, 0] = 0.8
+    (det,) = decode(raw, ["WBC", "RBC", "Platelets"], metas, 0.25, 0.5, 10)
+    np.testing.assert_allclose(det.xyxy[0], [10, 500, 90, 570], atol=1e-3)
 
 
 def test_nms_keeps_best_of_overlaps():
@@ -89,6 +109,15 @@ def test_onnx_export_matches_torch(tmp_path, tiny_yolo_cfg):
     for da, db in zip(a, b):
         assert len(da) == len(db)
         np.testing.assert_allclose(da.scores, db.scores, atol=1e-3)
+    # rect batches run through the dynamic-shape export too
+    rect = build_detector({**cfg_o, "rect": True}).detect(imgs)
+    assert len(rect) == 3 and all(d.xyxy.shape == (len(d), 4) for d in rect)
+    # int8: quantized from two calibration images, runs, keeps the contract
+    from detection.yolo import quantize_onnx
+
+    q = quantize_onnx(onnx_path, tmp_path / "tiny_int8.onnx", imgs[:2], 64)
+    qd = build_detector({**cfg_o, "model": str(q), "rect": True}).detect(imgs)
+    assert len(qd) == 3 and all(((d.scores >= 0) & (d.scores <= 1)).all() for d in qd)
 
 
 def test_ssd300_default_boxes_follow_smin_smax():

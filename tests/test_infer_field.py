@@ -109,6 +109,29 @@ def test_empty_inputs_are_a_clear_error(tiny_models, tmp_path, capsys):
     assert _run(tiny_models, str(tmp_path / "nothing_*.png"), "--out", tmp_path / "o") == 2
 
 
+def test_missing_detector_is_one_clear_error(tiny_models, synthetic_dir, tmp_path, capsys):
+    from conftest import write_yaml
+
+    det = write_yaml(tmp_path / "det.yaml", {"backend": "onnx", "model": str(tmp_path / "gone.onnx"), "imgsz": 64})
+    pipe = write_yaml(tmp_path / "pipe.yaml", {"detector": str(det), "classifiers": []})
+    out = tmp_path / "out"
+    assert infer_main([str(synthetic_dir), "--out", str(out), "--config", str(pipe), "--no-progress"]) == 2
+    assert "gone.onnx" in capsys.readouterr().err and not (out / "fields.jsonl").exists()
+
+
+def test_evaluation_refuses_a_run_with_failed_fields(tiny_models, synthetic_dir, tmp_path, capsys):
+    from tools.infer_field import run_once
+
+    out = tmp_path / "out"
+    assert run_once(out, [str(synthetic_dir / "smear_01"), "--config", str(tiny_models["pipeline"])]) == 0
+    assert run_once(out, []) == 0  # an existing complete run is reused
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    out2 = tmp_path / "out2"
+    assert run_once(out2, [str(bad), str(synthetic_dir / "smear_01"), "--config", str(tiny_models["pipeline"])]) == 1
+    assert "1 of 4 fields failed" in capsys.readouterr().err
+
+
 def test_existing_output_needs_resume(tiny_models, synthetic_dir, tmp_path, capsys):
     out = tmp_path / "out"
     assert _run(tiny_models, synthetic_dir / "smear_01", "--out", out) == 0

@@ -20,6 +20,27 @@ def test_rgb_png_roundtrip(tmp_path):
     assert np.array_equal(a, b)
 
 
+def test_fast_decode_equals_pillow_and_keeps_truncation_errors(tmp_path, monkeypatch):
+    import pipelines.io as io
+
+    rng = np.random.default_rng(1)
+    a = (rng.integers(0, 40, (120, 160, 3)) + np.linspace(0, 200, 160)[None, :, None]).astype(np.uint8)
+    Image.fromarray(a).save(tmp_path / "a.jpg", quality=92)
+    Image.fromarray(a).save(tmp_path / "a.png")
+    calls = []
+    real = io._decode_cv2
+    monkeypatch.setattr(io, "_decode_cv2", lambda *args: calls.append(args[1]) or real(*args))
+    for name in ("a.jpg", "a.png"):
+        fast = read_image(tmp_path / name)
+        with Image.open(tmp_path / name) as im:
+            assert np.array_equal(fast, np.asarray(im.convert("RGB")))
+    assert calls == ["JPEG", "PNG"]
+    data = (tmp_path / "a.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(ImageReadError, match="truncated"):
+        read_image(tmp_path / "cut.jpg")
+
+
 def test_grayscale_becomes_three_equal_channels(tmp_path):
     g = np.arange(200, dtype=np.uint8).reshape(10, 20)
     Image.fromarray(g, "L").save(tmp_path / "g.png")

@@ -31,12 +31,13 @@ def test_default_config_names_shipped_files_with_model_cards():
     assert len(cards) >= 3
 
 
-def test_shipped_detector_finds_real_leukocytes(data_root):
+@pytest.mark.parametrize("config", ["yolov8n_320_int8.yaml", "yolov8n_320_onnx.yaml"])
+def test_shipped_detector_finds_real_leukocytes(data_root, config):
     from detection import build_detector
     from detection.data import load_card, read_split
     from pipelines.io import read_image
 
-    cfg = load_yaml(ROOT / "configs" / "detector" / "yolov8n_320_onnx.yaml")
+    cfg = load_yaml(ROOT / "configs" / "detector" / config)
     det = build_detector(cfg)
     recs = read_split(load_card("bccd"), "test")[:24]
     found = total = 0
