@@ -221,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--task", default="pbc8", help="classification task")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--limit", type=int, default=0, help="latency: at most N fields")
-    ap.add_argument("--repeat", type=int, default=3, help="latency: passes per batch size and for the baseline; "
-                                                          "fields/s is their median (default 3)")
+    ap.add_argument("--repeat", type=int, default=5, help="latency: passes per batch size and for the baseline; "
+                                                          "fields/s is their median (default 5)")
     ap.add_argument("--workers", type=int, default=2, help="latency: decoding threads, as infer_field.py --workers")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--half", action="store_true", help="fp16 (CUDA)")

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     hist = tr.get("history", [])
     lines = [f"# Model card: `{path.stem}`", "",
              "| | |", "|---|---|",
-             f"| file | `{path.name}` ({path.stat().st_size / 1e6:.1f} MB) |",
+             f"| file | `{path.name}` ({path.stat().st_size / 1e6:.1f} MB){onnx_note(path)} |",
              f"| task | `{meta['task']}`: {', '.join(meta['classes'])} |",
              f"| architecture | {meta['arch']} ({BACKBONES[meta['arch']][1]}, {n_params / 1e6:.2f}M parameters), "
              "trained from scratch |",
@@ -56,6 +56,26 @@ def main(argv: list[str] | None = None) -> int:
     path.with_suffix(".md").write_text("\n".join(lines))
     print(f"wrote {path.with_suffix('.md')}")
     return 0
+
+
+def onnx_note(path: Path) -> str:
+    """The ONNX export beside a checkpoint, when there is one that was made from it."""
+    import hashlib
+    import json
+
+    onnx_path = path.with_suffix(".onnx")
+    if not onnx_path.exists():
+        return ""
+    import onnx
+
+    from classification.classifier import ONNX_META_KEY
+
+    props = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    info = json.loads(props.get(ONNX_META_KEY, "{}"))
+    if info.get("source_sha256") != hashlib.sha256(path.read_bytes()).hexdigest():
+        return f"; `{onnx_path.name}` is NOT an export of this checkpoint (re-export it)"
+    return (f"; `{onnx_path.name}` ({onnx_path.stat().st_size / 1e6:.1f} MB): its ONNX Runtime export "
+            "(`tools/export_onnx.py --classifier`), run by the default pipeline")
 
 
 if __name__ == "__main__":
