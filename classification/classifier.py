@@ -80,6 +80,22 @@ class Classifier:
             return np.zeros((0, len(self.classes)), np.float32)
         return self.classify_prepared(self.preprocess(crops))
 
+    def features(self, crops: list[np.ndarray]) -> np.ndarray:
+        """Penultimate-layer features (N, D) of RGB uint8 crops: the input of the network's last linear layer, what
+        the classes are read from (for embeddings maps)."""
+        import torch
+
+        last = [m for m in self.model.modules() if isinstance(m, torch.nn.Linear)]
+        if not last:
+            raise ValueError(f"{self.name}: no final linear layer to take features from")
+        x, got = self.preprocess(crops), []
+        hook = last[-1].register_forward_hook(lambda mod, inp, out: got.append(inp[0].detach().float().cpu()))
+        try:
+            self.classify_prepared(x)
+        finally:
+            hook.remove()
+        return torch.cat(got).flatten(1).numpy() if got else np.zeros((0, last[-1].in_features), np.float32)
+
     def classify_prepared(self, x: np.ndarray) -> np.ndarray:
         """Probabilities for crops already at the input size (uint8 NHWC)."""
         import torch

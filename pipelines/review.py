@@ -120,6 +120,43 @@ def build_dataset(run_dir: Path, name: str, gt: dict | None = None, overwrite: b
     return ds
 
 
+def add_cell_embeddings(ds, weights, crop_margin: float = 0.75, method: str = "tsne",
+                        brain_key: str = "cell_embeddings", log=print) -> int:
+    """Embeddings map of the cells a classifier saw: every prediction with a ``<task>_label`` attribute is cropped
+    from its field as the pipeline crops it, run through the classifier (``.pt``; its penultimate layer) and laid
+    out in 2-D by fiftyone-brain (``tsne``, or ``pca``; PCA below 40 cells). Browse it in the app's Embeddings
+    panel (brain key ``brain_key``). Returns the number of cells embedded."""
+    import fiftyone.brain as fob
+    from fiftyone import ViewField as F
+
+    from classification.classifier import Classifier
+    from pipelines.crop import crop_square
+    from pipelines.fo_convert import rel_xywh_to_xyxy
+    from pipelines.io import read_image
+
+    clf = Classifier(weights)
+    attr = f"{clf.task}_label"
+    view = ds.match_tags("failed", bool=False).filter_labels("predictions", F(attr).exists())
+    emb, n = {}, 0  # sample id -> (cells, D) features, in the view's label order
+    for sample in view.select_fields("predictions").iter_samples():
+        img = read_image(sample.filepath)
+        h, w = img.shape[:2]
+        crops = [crop_square(img, rel_xywh_to_xyxy(d.bounding_box, w, h), crop_margin)
+                 for d in sample.predictions.detections]
+        emb[sample.id] = clf.features(crops)
+        n += len(crops)
+    if n < 3:
+        log(f"embeddings: {n} cells with {attr}; no map")
+        return n
+    if ds.has_brain_run(brain_key):
+        ds.delete_brain_run(brain_key)
+    method = "pca" if n < 40 else method
+    fob.compute_visualization(view, patches_field="predictions", embeddings=emb, method=method,
+                              brain_key=brain_key, **({"seed": 0} if method == "tsne" else {}))
+    log(json.dumps({"embeddings": brain_key, "cells": n, "classifier": clf.name, "method": method}))
+    return n
+
+
 def _slug(s: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in s).lower()
 

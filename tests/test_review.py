@@ -62,14 +62,19 @@ print(json.dumps({"n": len(ds), "failed": len(ds.match_tags("failed")), "info": 
                   "views": ds.list_saved_views(),
                   "n_gt": ds.count("ground_truth.detections"), "n_pred": ds.count("predictions.detections"),
                   "tp": ds.sum("eval_tp"), "fp": ds.sum("eval_fp"), "fn": ds.sum("eval_fn"),
-                  "empty": len(ds.exists("error", False).match({"predictions.detections": {"$size": 0}}))}))
+                  "empty": len(ds.exists("error", False).match({"predictions.detections": {"$size": 0}})),
+                  "brain": ds.list_brain_runs(),
+                  "points": (len(ds.load_brain_results("cell_embeddings").points)
+                             if ds.has_brain_run("cell_embeddings") else 0),
+                  "classified": ds.count("predictions.detections.pbc8_label")}))
 """
 
 
 @pytest.mark.slow
-def test_review_builds_dataset_with_evaluation(review_run):
+def test_review_builds_dataset_with_evaluation(review_run, tiny_models):
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "review.py"), str(review_run["run"]), "--gt",
-                        str(review_run["gt"]), "--gt-format", "coco", "--name", "t_review"],
+                        str(review_run["gt"]), "--gt-format", "coco", "--name", "t_review",
+                        "--embeddings", str(tiny_models["pbc8_ckpt"])],
                        capture_output=True, text=True, env=_env(review_run["db"]), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     c = subprocess.run([sys.executable, "-c", CHECK, "t_review"], capture_output=True, text=True,
@@ -85,6 +90,8 @@ def test_review_builds_dataset_with_evaluation(review_run):
     assert res["tp"] + res["fp"] == res["n_pred"]
     assert "eval_patches" in res["views"] and any(v.startswith("cells_") for v in res["views"])
     assert res["info"]["with_ground_truth"] == 6
+    # embeddings map: one point per cell the pbc8 classifier saw
+    assert "cell_embeddings" in res["brain"] and res["points"] == res["classified"] > 0
 
 
 def _free_port() -> int:

@@ -5,6 +5,7 @@ ground truth, save views, optionally launch the app.
   python tools/review.py out/run1
   python tools/review.py out/eval_bccd_test --gt ../shared/data/bccd/Annotations --gt-format voc --launch
   python tools/review.py out/run1 --launch --port 5151 --address 0.0.0.0   # then browse http://HOST:5151
+  python tools/review.py out/run1 --embeddings --launch   # + a t-SNE map of the cells (pbc8 features)
 
 Offline: tracking is off; the database lives in $FIFTYONE_DATABASE_DIR (default ~/.cache/leukodiff/fiftyone-db).
 """
@@ -15,7 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--launch", action="store_true", help="start the app and wait (Ctrl-C to stop)")
     ap.add_argument("--port", type=int, default=5151)
     ap.add_argument("--address", default="127.0.0.1")
+    ap.add_argument("--embeddings", nargs="?", metavar="WEIGHTS",
+                    const=str(ROOT / "classification" / "weights" / "pbc8_shufflenet128.pt"), help="add an embeddings map of the classified cells (brain key cell_embeddings) "
+                                            "from a classifier checkpoint's features (default: the shipped pbc8)")
+    ap.add_argument("--embeddings-method", choices=["tsne", "pca"], default="tsne")
+    ap.add_argument("--crop-margin", type=float, default=0.75, help="--embeddings: crop margin of the run's config")
     args = ap.parse_args(argv)
 
     run = Path(args.run_dir)
@@ -38,7 +45,14 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_fiftyone()
     gt = read_ground_truth(Path(args.gt), args.gt_format, args.classes.split(",")) if args.gt else None
+    if args.embeddings and not Path(args.embeddings).exists():
+        print(f"error: classifier checkpoint not found: {args.embeddings}", file=sys.stderr)
+        return 2
     ds = build_dataset(run, args.name or run.resolve().name, gt)
+    if args.embeddings:
+        from pipelines.review import add_cell_embeddings
+
+        add_cell_embeddings(ds, args.embeddings, args.crop_margin, args.embeddings_method)
     if args.launch:
         import fiftyone as fo
 
