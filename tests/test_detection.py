@@ -193,3 +193,25 @@ def test_coco_evaluate_perfect_and_missing(tmp_path):
     del perfect[str((tmp_path / "b.jpg").resolve())]
     m = coco_evaluate(gt, perfect, ["WBC", "RBC", "Platelets"])
     assert m["fields_without_predictions"] == 1 and m["per_class"]["WBC"]["AP50"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_lower_magnification_mosaic_keeps_every_box(tmp_path):
+    """tools/eval_robustness.py: at half magnification four fields fill the canvas; every box scales and moves."""
+    from PIL import Image
+
+    from detection.data import FieldAnnotation
+    from tools.eval_robustness import apply_shift, mosaic
+
+    recs = []
+    for k in range(4):
+        img = np.full((100, 200, 3), 40 * k, np.uint8)
+        Image.fromarray(img).save(tmp_path / f"{k}.png")
+        recs.append(FieldAnnotation(tmp_path / f"{k}.png", 200, 100, [[20.0, 10.0, 60.0, 50.0]], [f"c{k}"]))
+    im, boxes, labels = mosaic(recs, 0, 0.5)
+    assert im.shape == (100, 200, 3) and labels == ["c0", "c1", "c2", "c3"]
+    np.testing.assert_allclose(boxes, [[10, 5, 30, 25], [110, 5, 130, 25], [10, 55, 30, 75], [110, 55, 130, 75]])
+    assert im[60, 150, 0] == 120 and im[10, 10, 0] == 0  # tile 3 bottom right, tile 0 top left
+    im7, boxes7, _ = mosaic(recs, 0, 0.7)  # other scales: cropped to the field, boxes clipped
+    assert im7.shape == (100, 200, 3) and all(b[2] <= 200 and b[3] <= 100 for b in boxes7)
+    pale, q = apply_shift(np.full((8, 8, 3), (200, 100, 50), np.uint8), "pale")
+    assert q == 92 and pale.std(axis=2).mean() < np.array([200, 100, 50]).std()
