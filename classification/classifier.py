@@ -37,14 +37,25 @@ def load_classifier(weights, device: str = "cpu", batch: int = 64, half: bool = 
     return Classifier(path, device=device, batch=batch, half=half)
 
 
-def _preprocess(crops: list[np.ndarray], size: int) -> np.ndarray:
-    """Crops -> uint8 NHWC at ``size`` (border-replicated to square, then resized)."""
+def _preprocess(crops: list[np.ndarray], size: int, stain: dict | None = None) -> np.ndarray:
+    """Crops -> uint8 NHWC at ``size`` (border-replicated to square, then resized; Reinhard-normalized to ``stain``
+    when the model was trained so)."""
     from pipelines.io import square_resize
 
     out = np.empty((len(crops), size, size, 3), np.uint8)
     for i, c in enumerate(crops):
         out[i] = square_resize(c, size)
+    if stain:
+        from classification.harmonize import stain_normalize
+
+        out = stain_normalize(out, stain["lab_mean"], stain["lab_std"])
     return out
+
+
+def preprocess_key(clf) -> tuple:
+    """Classifiers with equal keys take the same prepared crops (the pipeline prepares them once)."""
+    st = getattr(clf, "meta", {}).get("stain_reference")
+    return clf.input_size, None if not st else (tuple(st["lab_mean"]), tuple(st["lab_std"]))
 
 
 class Classifier:
@@ -71,8 +82,9 @@ class Classifier:
         self.name = f"{self.task}:{self.meta['arch']}@{self.input_size}:{path.name}"
 
     def preprocess(self, crops: list[np.ndarray]) -> np.ndarray:
-        """Crops -> uint8 NHWC at the input size (border-replicated to square, then resized)."""
-        return _preprocess(crops, self.input_size)
+        """Crops -> uint8 NHWC at the input size (border-replicated to square, then resized; stain-normalized when
+        the checkpoint has a ``stain_reference``)."""
+        return _preprocess(crops, self.input_size, self.meta.get("stain_reference"))
 
     def classify(self, crops: list[np.ndarray]) -> np.ndarray:
         """Probabilities (N, K) for RGB uint8 crops; (0, K) for none."""
@@ -143,8 +155,9 @@ class OnnxClassifier:
         self.name = f"{self.task}:{self.meta['arch']}@{self.input_size}:{path.name}"
 
     def preprocess(self, crops: list[np.ndarray]) -> np.ndarray:
-        """Crops -> uint8 NHWC at the input size (border-replicated to square, then resized)."""
-        return _preprocess(crops, self.input_size)
+        """Crops -> uint8 NHWC at the input size (border-replicated to square, then resized; stain-normalized when
+        the checkpoint has a ``stain_reference``)."""
+        return _preprocess(crops, self.input_size, self.meta.get("stain_reference"))
 
     def classify(self, crops: list[np.ndarray]) -> np.ndarray:
         """Probabilities (N, K) for RGB uint8 crops; (0, K) for none."""
@@ -197,6 +210,7 @@ def export_onnx(checkpoint, out, opset: int = 17) -> Path:
         torch.onnx.export(_Export().eval(), (example,), str(out), input_names=["crops"], output_names=["probs"],
                           dynamic_axes={"crops": {0: "n"}, "probs": {0: "n"}}, opset_version=opset, dynamo=False)
     info = {k: meta[k] for k in ("arch", "task", "classes", "input_size", "mean", "std", "temperature", "date")}
+    info["stain_reference"] = meta.get("stain_reference")
     info["source"] = checkpoint.name
     info["source_sha256"] = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     info["metrics"] = {split: {k: meta["metrics"][split][k] for k in ("accuracy", "mean_class_accuracy", "ece")

@@ -44,3 +44,13 @@ def harmonize(img: np.ndarray, mean: np.ndarray, std: np.ndarray, zoom: float) -
     small = cv2.resize(out, (max(1, round(w * zoom)), max(1, round(h * zoom))), interpolation=cv2.INTER_AREA)
     py, px = h - small.shape[0], w - small.shape[1]
     return cv2.copyMakeBorder(small, py // 2, py - py // 2, px // 2, px - px // 2, cv2.BORDER_REFLECT)
+
+
+def stain_normalize(batch: np.ndarray, mean, std) -> np.ndarray:
+    """Reinhard colour normalization of uint8 NHWC crops: each crop's Lab mean / std become ``mean`` / ``std`` (the
+    reference laboratory's), so that a classifier trained and run on normalized crops sees every lab's stain
+    alike. Returns a new array."""
+    out = np.empty_like(batch)
+    for i, im in enumerate(batch):
+        out[i] = harmonize(im, mean, std, 1.0)
+    return out

@@ -64,8 +64,10 @@ def _tiny_cnn(num_classes: int):
 
 
 def save_checkpoint(path: Path, model, arch: str, task: str, classes: list[str], input_size: int, mean, std,
-                    temperature: float = 1.0, training: dict | None = None, metrics: dict | None = None) -> Path:
-    """Write a self-describing classifier checkpoint (see ``CHECKPOINT_KEYS``)."""
+                    temperature: float = 1.0, training: dict | None = None, metrics: dict | None = None,
+                    stain_reference: dict | None = None) -> Path:
+    """Write a self-describing classifier checkpoint (see ``CHECKPOINT_KEYS``; ``stain_reference``: optional
+    ``{"lab_mean", "lab_std"}``, crops are Reinhard-normalized to it before the network)."""
     import torch
 
     path = Path(path)
@@ -74,6 +76,8 @@ def save_checkpoint(path: Path, model, arch: str, task: str, classes: list[str],
                 "mean": [float(m) for m in mean], "std": [float(s) for s in std], "temperature": float(temperature),
                 "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "training": training or {}, "metrics": metrics or {},
+                "stain_reference": ({k: [float(v) for v in stain_reference[k]] for k in ("lab_mean", "lab_std")}
+                                    if stain_reference else None),
                 "date": datetime.date.today().isoformat()}, path)
     return path
 

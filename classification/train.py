@@ -51,6 +51,10 @@ TRAIN_SCHEMA = {
     "resolution": Field(float, 1.0, "half of each batch is sampled down to a random [resolution, 1] of the input size "
                                     "and back up (lower magnification / cameras of other labs); 1 = off"),
     "noise": Field(float, 0.0, "Gaussian pixel noise, std up to this (0-1 scale), on half of each batch; 0 = off"),
+    "stain_normalize": Field(bool, False, "Reinhard-normalize every crop (train, val, test and at inference) to the "
+                                          "training images' mean Lab colour statistics, so that other labs' stains "
+                                          "reach the network looking like the training lab's (stored in the "
+                                          "checkpoint as stain_reference)"),
     "run_dir": Field(str, "runs/classifier", "checkpoints and logs"),
     "time_budget_min": Field(float, 0.0, "stop after this many minutes (0 = no limit); best checkpoint kept"),
     "harmonize": Field(dict, None, "{source: reference}: also train (and select) on a copy of every train / val "
@@ -174,6 +178,18 @@ def train_classifier(cfg: dict, out: Path, data: dict, resume: bool = False, log
     gen = torch.Generator().manual_seed(t["seed"])
     rng = np.random.default_rng(t["seed"])
     (xtr, ytr), (xva, yva) = data["train"], data["val"]
+    stain = None
+    if t["stain_normalize"]:
+        from classification.harmonize import lab_stats, stain_normalize
+
+        sub = rng.choice(len(xtr), size=min(400, len(xtr)), replace=False)
+        lab_mean, lab_std = lab_stats([xtr[i] for i in sub])
+        stain = {"lab_mean": lab_mean.tolist(), "lab_std": lab_std.tolist()}
+        xtr, xva = stain_normalize(xtr, lab_mean, lab_std), stain_normalize(xva, lab_mean, lab_std)
+        if data.get("test") is not None:
+            data = {**data, "test": (stain_normalize(data["test"][0], lab_mean, lab_std), data["test"][1])}
+        rng = np.random.default_rng(t["seed"])  # the same sampling as without normalization
+        log(f"stain normalization to Lab mean {np.round(lab_mean, 1).tolist()} std {np.round(lab_std, 1).tolist()}")
     model = build_backbone(cfg["arch"], len(classes), cfg["pretrained"])
     opt = torch.optim.AdamW(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
     steps_per_epoch = max(1, len(ytr) // t["batch"])
@@ -251,5 +267,5 @@ def train_classifier(cfg: dict, out: Path, data: dict, resume: bool = False, log
     save_checkpoint(out, model, cfg["arch"], cfg["task"], classes, size, MEAN, STD, temp,
                     training={"config": cfg, "history": history, "n_train": int(len(ytr)),
                               "class_counts": {c: int(n) for c, n in zip(classes, counts)}},
-                    metrics=metrics)
+                    metrics=metrics, stain_reference=stain)
     return metrics

@@ -6,11 +6,12 @@ import numpy as np
 
 
 def crop_square(image: np.ndarray, box, margin: float = 0.15) -> np.ndarray:
-    """Square crop around ``box`` (``xyxy``, original pixels), side = longest box side * (1 + 2 * margin).
+    """Square crop centred on ``box`` (``xyxy``, original pixels), side = longest box side * (1 + 2 * margin).
 
-    The window is centred on the box and shifted to stay inside the image where it fits (no mirrored copies of
-    cells at field edges); where the side exceeds the image, the rest is filled with the field's median colour.
-    Returns RGB uint8 (side x side x 3); a degenerate box gives a 1 x 1 crop, never an error.
+    The cell stays in the centre, as in an analyser's cell image (the classifiers learn from such images; a window
+    shifted to stay inside the field put cells at field edges off-centre, and BCCD's large leukocytes were then
+    classified worse). What falls outside the field is filled with the field's median colour (background), never
+    with mirrored copies of cells. Returns RGB uint8 (side x side x 3); a degenerate box gives a 1 x 1 crop.
     """
     h, w = image.shape[:2]
     x1, y1, x2, y2 = (float(v) for v in box)
@@ -19,8 +20,6 @@ def crop_square(image: np.ndarray, box, margin: float = 0.15) -> np.ndarray:
     a, b = int(round(cx - side / 2)), int(round(cy - side / 2))
     if not (-side < a < w and -side < b < h):
         return np.zeros((1, 1, 3), np.uint8)
-    a = min(max(a, 0), w - side) if side <= w else (w - side) // 2
-    b = min(max(b, 0), h - side) if side <= h else (h - side) // 2
     xa, ya, xb, yb = max(0, a), max(0, b), min(w, a + side), min(h, b + side)
     crop = image[ya:yb, xa:xb]
     if crop.shape[:2] != (side, side):

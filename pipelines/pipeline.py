@@ -126,7 +126,8 @@ class Pipeline:
         n = len(crops)
         current: list[tuple[str, float, float] | None] = [None] * n  # (label, score, min_confidence)
         per_cell: list[dict] = [{} for _ in range(n)]
-        prepared: dict[int, np.ndarray] = {}
+        prepared: dict[tuple, np.ndarray] = {}
+        from classification.classifier import preprocess_key
         from classification.taxonomies import refines
 
         for st in self.stages:
@@ -134,10 +135,10 @@ class Pipeline:
             if not idx:
                 continue
             clf = st.classifier
-            size = clf.input_size
-            if size not in prepared:  # stages of the same input size share one resize
-                prepared[size] = clf.preprocess(crops)
-            probs = clf.classify_prepared(prepared[size][idx])
+            key = preprocess_key(clf)
+            if key not in prepared:  # stages of the same input size (and stain normalization) share one resize
+                prepared[key] = clf.preprocess(crops)
+            probs = clf.classify_prepared(prepared[key][idx])
             for j, i in enumerate(idx):
                 k = int(probs[j].argmax())
                 label, score = clf.classes[k], float(probs[j, k])

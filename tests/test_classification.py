@@ -170,6 +170,35 @@ def test_tiny_training_run_learns_and_writes_card(tmp_path):
     assert any("resumed at epoch 4" in m for m in logs)
 
 
+def test_stain_normalized_training_and_inference(tmp_path):
+    """stain_normalize: the checkpoint carries the reference; torch and ONNX inference normalize every crop to it."""
+    import cv2
+
+    from classification.classifier import Classifier, OnnxClassifier, export_onnx
+    from classification.train import train_classifier
+
+    rng = np.random.default_rng(0)
+
+    def make(n):
+        x = np.clip(rng.normal((180, 120, 150), 30, (n, 32, 32, 3)), 0, 255).astype(np.uint8)
+        return x, rng.integers(0, 3, n).astype(np.int64)
+
+    cfg = {"task": "covid_rl", "arch": "tiny_cnn", "input_size": 32, "pretrained": None,
+           "train": {"epochs": 1, "batch": 32, "run_dir": str(tmp_path / "run"), "stain_normalize": True}}
+    logs = []
+    train_classifier(cfg, tmp_path / "m.pt", {"train": make(96), "val": make(32)}, log=logs.append)
+    assert any("stain normalization" in m for m in logs)
+    clf = Classifier(tmp_path / "m.pt")
+    ref = clf.meta["stain_reference"]
+    assert len(ref["lab_mean"]) == 3 and len(ref["lab_std"]) == 3
+    bluish = np.clip(rng.normal((90, 110, 210), 25, (40, 40, 3)), 0, 255).astype(np.uint8)
+    lab = cv2.cvtColor(clf.preprocess([bluish])[0], cv2.COLOR_RGB2LAB).reshape(-1, 3).astype(float)
+    np.testing.assert_allclose(lab.mean(0), ref["lab_mean"], atol=3)
+    onx = OnnxClassifier(export_onnx(tmp_path / "m.pt", tmp_path / "m.onnx"))
+    assert onx.meta["stain_reference"] == ref
+    np.testing.assert_allclose(onx.classify([bluish, bluish[:20]]), clf.classify([bluish, bluish[:20]]), atol=1e-5)
+
+
 class _FixedClassifier:
     """Test double with a real Classifier's interface: returns preset probabilities."""
 

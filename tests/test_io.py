@@ -135,3 +135,8 @@ def test_crop_square_centres_and_pads_at_edges():
     for box in ([0, 0, 5, 5], [75, 95, 80, 100], [79, 99, 80, 100], [-50, -50, -40, -40]):
         c = crop_square(im, box, margin=0.75)
         assert c.ndim == 3 and c.shape[0] == c.shape[1] and c.dtype == np.uint8
+    # a cell at the field's edge stays centred; beyond the field: the median colour, no mirrored cells
+    im[:, :] = 100
+    im[0:20, 0:20] = 255
+    c = crop_square(im, [0, 0, 20, 20], margin=0.5)
+    assert c.shape == (40, 40, 3) and c[20, 20, 0] == 255 and c[15, 15, 0] == 255 and c[5, 5, 0] == 100
