@@ -63,3 +63,13 @@ def test_shipped_classifiers_on_real_cells(data_root, task, floor):
     probs = clf.classify([read_image(p) for p, _ in pick])
     acc = np.mean([clf.classes[k] == lab for k, (_, lab) in zip(probs.argmax(1), pick)])
     assert acc >= floor, acc
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs" / "pipeline").glob("*.yaml")))
+def test_every_shipped_pipeline_config_loads_and_names_existing_files(name):
+    from pipelines.pipeline import load_pipeline_config
+
+    cfg = load_pipeline_config(ROOT / "configs" / "pipeline" / name)
+    assert resolve_path(cfg["detector_cfg"]["weights"] or cfg["detector_cfg"]["model"]).exists()
+    for st in cfg["classifiers"]:
+        assert resolve_path(st["cfg"]["weights"]).exists() or st["optional"], (name, st["cfg"]["weights"])
