@@ -138,6 +138,10 @@ class OnnxClassifier:
             raise FileNotFoundError(f"classifier weights not found: {path}")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else \
             ["CPUExecutionProvider"]
+        if device.startswith("cuda") and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ValueError(f"--device {device}: this ONNX Runtime has no CUDA provider, so the ONNX classifier "
+                             f"{path.name} would run on the CPU; use --config configs/pipeline/gpu.yaml (PyTorch "
+                             "models) or install onnxruntime-gpu")
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # idle threads must not spin: measured 10-20% fewer fields/s with spinning, decode threads lose the cores

@@ -167,6 +167,10 @@ class OnnxYoloDetector:
             raise FileNotFoundError(f"ONNX detector not found: {path}")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else \
             ["CPUExecutionProvider"]
+        if device.startswith("cuda") and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ValueError(f"--device {device}: this ONNX Runtime has no CUDA provider, so the ONNX detector "
+                             f"{path.name} would run on the CPU; use --config configs/pipeline/gpu.yaml (PyTorch "
+                             "models) or install onnxruntime-gpu")
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # idle ONNX Runtime threads must not spin: the classifiers (PyTorch) run right after on the same cores

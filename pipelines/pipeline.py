@@ -110,7 +110,8 @@ class Pipeline:
             own = "dev"
         self.versions = {"leukodiff": own, "torch": torch.__version__,
                          **{s.task: s.classifier.name for s in self.stages}}
-        self._build_detector = lambda: build_detector(cfg["detector_cfg"], device)
+        det_cfg = {**cfg["detector_cfg"], "half": cfg["detector_cfg"]["half"] or half}  # --half reaches it too
+        self._build_detector = lambda: build_detector(det_cfg, device)
 
     @property
     def detector(self):

@@ -4,6 +4,8 @@
   python tools/benchmark.py detection --dataset bccd --split test --out out/bench
   python tools/benchmark.py classification --task pbc8 --split test --out out/bench
   python tools/benchmark.py latency --dataset bccd --split test --batches 1 8 32 --device cpu --out out/bench
+  python tools/benchmark.py latency --fields out/bench_fields_jpg --config configs/pipeline/gpu.yaml --device cuda \
+      --half
 
 latency: the real orchestrator (tools/infer_field.py's code path: decode overlapped with inference, batched
 detector, batched classifiers) over the fields at each batch size, after a warm-up pass; per-stage p50/p95 from
@@ -58,8 +60,15 @@ def latency(args) -> int:
     if not paths:
         print("error: no fields", file=sys.stderr)
         return 2
-    cfg = load_pipeline_config(args.config)
-    pipe = Pipeline(cfg, device=args.device, half=args.half, log=lambda m: None)
+    from pipelines.config import ConfigError
+
+    try:
+        cfg = load_pipeline_config(args.config)
+        pipe = Pipeline(cfg, device=args.device, half=args.half, log=lambda m: None)
+        pipe.detector  # noqa: B018 - a missing model or runtime is one clear error
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     fields = [FieldInput(p.resolve(), "bench", f"bench/{i:05d}") for i, p in enumerate(paths)]
     out = {"device": args.device, "half": args.half, "fields": len(fields), "config": args.config,
            "torch_threads": torch.get_num_threads(), "repeat": args.repeat, "workers": args.workers, "cpu": _cpu_name(),
@@ -170,7 +179,8 @@ def latency_markdown(o: dict) -> str:
         tail = (f"\nNaive baseline (Ultralytics predict per image + classifiers per crop): "
                 f"{o['baseline']['fields_per_s']} fields/s (p50 {o['baseline']['per_field_ms']['p50']} ms/field). "
                 f"Speed-up of the best pipeline batch: {o['speedup']}x.\n")
-    return (f"Latency in ms per field (fields/s: median of {o.get('repeat', 1)} passes), {o['fields']} fields, device {o['device']} ({o['gpu'] or o['cpu']}, "
+    return (f"Latency in ms per field (fields/s: median of {o.get('repeat', 1)} passes), {o['fields']} fields, "
+            f"device {o['device']} ({o['gpu'] or o['cpu']}, "
             f"{o['torch_threads']} torch threads){' fp16' if o['half'] else ''}, config {o['config']}\n\n"
             + hdr + rows + tail)
 

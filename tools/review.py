@@ -31,8 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=5151)
     ap.add_argument("--address", default="127.0.0.1")
     ap.add_argument("--embeddings", nargs="?", metavar="WEIGHTS",
-                    const=str(ROOT / "classification" / "weights" / "pbc8_shufflenet128.pt"), help="add an embeddings map of the classified cells (brain key cell_embeddings) "
-                                            "from a classifier checkpoint's features (default: the shipped pbc8)")
+                    const=str(ROOT / "classification" / "weights" / "pbc8_shufflenet128.pt"),
+                    help="add an embeddings map of the classified cells (brain key cell_embeddings) from a classifier "
+                         "checkpoint's features (default: the shipped pbc8)")
     ap.add_argument("--embeddings-method", choices=["tsne", "pca"], default="tsne")
     ap.add_argument("--crop-margin", type=float, default=0.75, help="--embeddings: crop margin of the run's config")
     args = ap.parse_args(argv)
