@@ -10,7 +10,8 @@ tools/infer_field.py and scored against the transformed ground truth (pycocotool
 Shifts: none (re-encoded only); mag0.5 (half the magnification: the field of view doubles, cells get smaller in
 the same-size image: a 2x2 mosaic of four split images at half size); hue+12 / hue-12 (stain hue rotated by 12
 degrees); pale (saturation x0.55: faded stain); dark (brightness x0.7, contrast x1.2); blur1.5 (Gaussian, sigma
-1.5 px: focus); jpeg40 (JPEG quality 40). (Downscaling a whole field is no test: the detector letterboxes every field to the same size.)
+1.5 px: focus); jpeg40 (JPEG quality 40). (Downscaling a whole field is no test: the detector letterboxes every
+field to the same size.)
 Writes OUT/robustness.json and OUT/robustness.md; each shift's run stays in OUT/<shift>/ (reused if present).
 """
 
