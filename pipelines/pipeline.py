@@ -160,16 +160,17 @@ class Pipeline:
     def cells_from_detections(self, image: np.ndarray, det) -> tuple[list[Cell], list[np.ndarray], list[int]]:
         """Detections -> unclassified cells (kept labels only), the crops of those in ``classify_labels`` (for the
         classifiers and the report's gallery) and their indices."""
-        from pipelines.crop import crop_square
+        from pipelines.crop import background_colour, crop_square
 
         keep, to_classify = set(self.cfg["keep_labels"]), set(self.cfg["classify_labels"])
         cells, crops, idx = [], [], []
+        fill = background_colour(image) if any(lab in to_classify for lab in det.labels) else None
         for box, score, label in zip(det.xyxy, det.scores, det.labels):
             if label not in keep:
                 continue
             if label in to_classify:
                 idx.append(len(cells))
-                crops.append(crop_square(image, box, self.cfg["crop_margin"]))
+                crops.append(crop_square(image, box, self.cfg["crop_margin"], fill))
             cells.append(Cell([round(float(v), 1) for v in box], label, round(float(score), 4), label,
                               round(float(score), 4)))
         return cells, crops, idx

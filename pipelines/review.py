@@ -130,7 +130,7 @@ def add_cell_embeddings(ds, weights, crop_margin: float = 0.75, method: str = "t
     from fiftyone import ViewField as F
 
     from classification.classifier import Classifier
-    from pipelines.crop import crop_square
+    from pipelines.crop import background_colour, crop_square
     from pipelines.fo_convert import rel_xywh_to_xyxy
     from pipelines.io import read_image
 
@@ -141,7 +141,8 @@ def add_cell_embeddings(ds, weights, crop_margin: float = 0.75, method: str = "t
     for sample in view.select_fields("predictions").iter_samples():
         img = read_image(sample.filepath)
         h, w = img.shape[:2]
-        crops = [crop_square(img, rel_xywh_to_xyxy(d.bounding_box, w, h), crop_margin)
+        fill = background_colour(img)
+        crops = [crop_square(img, rel_xywh_to_xyxy(d.bounding_box, w, h), crop_margin, fill)
                  for d in sample.predictions.detections]
         emb[sample.id] = clf.features(crops)
         n += len(crops)
