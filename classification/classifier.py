@@ -58,7 +58,29 @@ def preprocess_key(clf) -> tuple:
     return clf.input_size, None if not st else (tuple(st["lab_mean"]), tuple(st["lab_std"]))
 
 
-class Classifier:
+class _CropClassifier:
+    """What both runtimes share: crops -> prepared uint8 NHWC -> probabilities (``classify_prepared``)."""
+
+    input_size: int
+    classes: list[str]
+    meta: dict
+
+    def preprocess(self, crops: list[np.ndarray]) -> np.ndarray:
+        """Crops -> uint8 NHWC at the input size (border-replicated to square, then resized; stain-normalized when
+        the checkpoint has a ``stain_reference``)."""
+        return _preprocess(crops, self.input_size, self.meta.get("stain_reference"))
+
+    def classify(self, crops: list[np.ndarray]) -> np.ndarray:
+        """Probabilities (N, K) for RGB uint8 crops; (0, K) for none."""
+        if not len(crops):
+            return np.zeros((0, len(self.classes)), np.float32)
+        return self.classify_prepared(self.preprocess(crops))
+
+    def classify_prepared(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class Classifier(_CropClassifier):
     """A trained classifier. ``classes``, ``task``, ``input_size`` and ``temperature`` come from the checkpoint."""
 
     def __init__(self, weights, device: str = "cpu", batch: int = 64, half: bool = False):
@@ -80,17 +102,6 @@ class Classifier:
         self._mean = torch.tensor(self.meta["mean"], device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.meta["std"], device=self.device).view(1, 3, 1, 1)
         self.name = f"{self.task}:{self.meta['arch']}@{self.input_size}:{path.name}"
-
-    def preprocess(self, crops: list[np.ndarray]) -> np.ndarray:
-        """Crops -> uint8 NHWC at the input size (border-replicated to square, then resized; stain-normalized when
-        the checkpoint has a ``stain_reference``)."""
-        return _preprocess(crops, self.input_size, self.meta.get("stain_reference"))
-
-    def classify(self, crops: list[np.ndarray]) -> np.ndarray:
-        """Probabilities (N, K) for RGB uint8 crops; (0, K) for none."""
-        if not len(crops):
-            return np.zeros((0, len(self.classes)), np.float32)
-        return self.classify_prepared(self.preprocess(crops))
 
     def features(self, crops: list[np.ndarray]) -> np.ndarray:
         """Penultimate-layer features (N, D) of RGB uint8 crops: the input of the network's last linear layer, what
@@ -125,29 +136,18 @@ class Classifier:
 ONNX_META_KEY = "leukodiff_classifier"
 
 
-class OnnxClassifier:
+class OnnxClassifier(_CropClassifier):
     """A classifier exported by ``export_onnx``, run by ONNX Runtime; the interface of ``Classifier``."""
 
     def __init__(self, path, device: str = "cpu", batch: int = 64):
         import json
 
-        import onnxruntime as ort
+        from pipelines.onnxrt import onnx_session
 
         path = resolve_path(path)
         if path is None or not path.exists():
             raise FileNotFoundError(f"classifier weights not found: {path}")
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else \
-            ["CPUExecutionProvider"]
-        if device.startswith("cuda") and "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise ValueError(f"--device {device}: this ONNX Runtime has no CUDA provider, so the ONNX classifier "
-                             f"{path.name} would run on the CPU; use --config configs/pipeline/gpu.yaml (PyTorch "
-                             "models) or install onnxruntime-gpu")
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # idle threads must not spin: measured 10-20% fewer fields/s with spinning, decode threads lose the cores
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), opts, providers=[p for p in providers
-                                                                        if p in ort.get_available_providers()])
+        self.session = onnx_session(path, device, "classifier")
         raw = self.session.get_modelmeta().custom_metadata_map.get(ONNX_META_KEY)
         if raw is None:
             raise ValueError(f"{path}: not a leukodiff classifier export (no '{ONNX_META_KEY}' metadata); write it "
@@ -157,17 +157,6 @@ class OnnxClassifier:
         self.input_size, self.temperature = int(self.meta["input_size"]), float(self.meta["temperature"])
         self.batch = batch
         self.name = f"{self.task}:{self.meta['arch']}@{self.input_size}:{path.name}"
-
-    def preprocess(self, crops: list[np.ndarray]) -> np.ndarray:
-        """Crops -> uint8 NHWC at the input size (border-replicated to square, then resized; stain-normalized when
-        the checkpoint has a ``stain_reference``)."""
-        return _preprocess(crops, self.input_size, self.meta.get("stain_reference"))
-
-    def classify(self, crops: list[np.ndarray]) -> np.ndarray:
-        """Probabilities (N, K) for RGB uint8 crops; (0, K) for none."""
-        if not len(crops):
-            return np.zeros((0, len(self.classes)), np.float32)
-        return self.classify_prepared(self.preprocess(crops))
 
     def classify_prepared(self, x: np.ndarray) -> np.ndarray:
         """Probabilities for crops already at the input size (uint8 NHWC)."""

@@ -159,25 +159,13 @@ class OnnxYoloDetector:
     """A YOLO network exported to ONNX (dynamic batch), run by ONNX Runtime; same pre/post-processing."""
 
     def __init__(self, cfg: dict, device: str = "cpu"):
-        import onnxruntime as ort
+        from pipelines.onnxrt import onnx_session
 
         self.cfg = cfg
         path = resolve_path(cfg["weights"] or cfg["model"])
         if path is None or not path.exists():
             raise FileNotFoundError(f"ONNX detector not found: {path}")
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else \
-            ["CPUExecutionProvider"]
-        if device.startswith("cuda") and "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise ValueError(f"--device {device}: this ONNX Runtime has no CUDA provider, so the ONNX detector "
-                             f"{path.name} would run on the CPU; use --config configs/pipeline/gpu.yaml (PyTorch "
-                             "models) or install onnxruntime-gpu")
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # idle ONNX Runtime threads must not spin: the classifiers (PyTorch) run right after on the same cores
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), opts, providers=[p for p in providers
-                                                                        if p in ort.get_available_providers()])
+        self.session = onnx_session(path, device, "detector")
         meta = self.session.get_modelmeta().custom_metadata_map
         names = meta.get("names")
         if names:
