@@ -9,7 +9,8 @@
 
 Detector: point a detector config with `backend: onnx` at it (configs/detector/yolov8n_320_onnx.yaml). --int8 also
 quantizes it (static int8, convolutions only, activation ranges from --calib-images fields of the config's training
-data, letterboxed like at inference with rect); measure its AP with tools/eval_detector.py before shipping it.
+data, letterboxed like at inference with rect; exit 1 when it finds fewer than 90% of the float model's WBC boxes on
+a quarter of those fields); measure its AP with tools/eval_detector.py before shipping it.
 Classifier: name the .onnx as a pipeline stage's `weights` (configs/pipeline/default.yaml); it carries the
 checkpoint's taxonomy, input size, normalization and temperature. Every export is checked: the ONNX model and the
 PyTorch model must give the same detections on sample fields, or the same probabilities (within 1e-4) on sample
@@ -62,11 +63,19 @@ def main(argv: list[str] | None = None) -> int:
             calib += [r.path for r in read_split(load_card(name), split)]
         step = max(1, len(calib) // args.calib_images)
         calib = [read_image(p) for p in calib[::step][: args.calib_images]]
+        onnx_cfg = {**cfg, "backend": "onnx", "rect": True}
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = export_onnx(resolve_path(cfg["weights"]), cfg["imgsz"], Path(tmp) / "fp32.onnx")
             quantize_onnx(fp32, out, calib, cfg["imgsz"])
-        print(f"quantized with {len(calib)} calibration fields; int8 changes scores and boxes a little: compare AP "
-              "with tools/eval_detector.py")
+            sample = calib[::4]  # check: int8 must find the leukocytes the float model finds
+            ref = build_detector({**onnx_cfg, "weights": str(fp32)}).detect(sample)
+        got = build_detector({**onnx_cfg, "weights": str(out.resolve())}).detect(sample)
+        found, total = _wbc_agreement(ref, got)
+        print(f"quantized with {len(calib)} calibration fields; int8 finds {found} of the float model's {total} "
+              f"WBC boxes (IoU >= 0.5) on {len(sample)} of them; compare AP with tools/eval_detector.py")
+        if total and found / total < 0.9:
+            print("error: the int8 model loses leukocytes; keep the float export", file=sys.stderr)
+            return 1
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
         return 0
     out = export_onnx(resolve_path(cfg["weights"]), cfg["imgsz"], out)
@@ -82,6 +91,25 @@ def main(argv: list[str] | None = None) -> int:
             worst = max(worst, float(np.abs(da.xyxy - db.xyxy).max()))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); torch vs ONNX max box difference {worst:.3f} px")
     return 0
+
+
+def _wbc_agreement(ref, got) -> tuple[int, int]:
+    """How many of ``ref``'s WBC boxes ``got`` has a WBC box for at IoU >= 0.5, and how many there are."""
+    import numpy as np
+
+    found = total = 0
+    for a, b in zip(ref, got):
+        wa = a.xyxy[np.array([lab == "WBC" for lab in a.labels], bool)] if len(a) else np.zeros((0, 4))
+        wb = b.xyxy[np.array([lab == "WBC" for lab in b.labels], bool)] if len(b) else np.zeros((0, 4))
+        for box in wa:
+            total += 1
+            if len(wb):
+                iw = np.clip(np.minimum(box[2], wb[:, 2]) - np.maximum(box[0], wb[:, 0]), 0, None)
+                ih = np.clip(np.minimum(box[3], wb[:, 3]) - np.maximum(box[1], wb[:, 1]), 0, None)
+                inter = iw * ih
+                union = (box[2] - box[0]) * (box[3] - box[1]) + (wb[:, 2] - wb[:, 0]) * (wb[:, 3] - wb[:, 1]) - inter
+                found += bool((inter / np.maximum(union, 1e-9) >= 0.5).any())
+    return found, total
 
 
 def export_classifier(checkpoint: str, out: Path) -> int:
