@@ -45,21 +45,25 @@ def ultralytics_offline() -> None:
         SETTINGS.update({"sync": False})
 
 
+def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one ``xyxy`` box with each of ``boxes`` (N, 4)."""
+    w = np.maximum(0, np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]))
+    h = np.maximum(0, np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]))
+    inter = w * h
+    area = max(0.0, float(box[2] - box[0])) * max(0.0, float(box[3] - box[1]))
+    areas = np.maximum(0, boxes[:, 2] - boxes[:, 0]) * np.maximum(0, boxes[:, 3] - boxes[:, 1])
+    return inter / np.maximum(area + areas - inter, 1e-9)
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     """Greedy NMS on ``xyxy`` boxes; returns kept indices, highest score first."""
     order = np.argsort(-scores, kind="stable")
-    x1, y1, x2, y2 = boxes.T
-    areas = np.maximum(0, x2 - x1) * np.maximum(0, y2 - y1)
     keep = []
     while order.size:
         i = order[0]
         keep.append(i)
         rest = order[1:]
-        w = np.maximum(0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
-        h = np.maximum(0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
-        inter = w * h
-        ious = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-9)
-        order = rest[ious <= iou]
+        order = rest[box_iou(boxes[i], boxes[rest]) <= iou]
     return np.asarray(keep, dtype=np.int64)
 
 
@@ -224,8 +228,8 @@ def quantize_onnx(src: Path, out: Path, calibration: list[np.ndarray], imgsz: in
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     src, out = Path(src), Path(out)
-    input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
-    conv_names = {n.name for n in onnx.load(str(src), load_external_data=False).graph.node if n.op_type == "Conv"}
+    graph = onnx.load(str(src), load_external_data=False).graph
+    input_name, conv_names = graph.input[0].name, {n.name for n in graph.node if n.op_type == "Conv"}
 
     class _Reader(CalibrationDataReader):
         def __init__(self):

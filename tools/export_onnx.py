@@ -95,20 +95,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _wbc_agreement(ref, got) -> tuple[int, int]:
     """How many of ``ref``'s WBC boxes ``got`` has a WBC box for at IoU >= 0.5, and how many there are."""
-    import numpy as np
+    from detection.yolo import box_iou
 
     found = total = 0
     for a, b in zip(ref, got):
-        wa = a.xyxy[np.array([lab == "WBC" for lab in a.labels], bool)] if len(a) else np.zeros((0, 4))
-        wb = b.xyxy[np.array([lab == "WBC" for lab in b.labels], bool)] if len(b) else np.zeros((0, 4))
-        for box in wa:
-            total += 1
-            if len(wb):
-                iw = np.clip(np.minimum(box[2], wb[:, 2]) - np.maximum(box[0], wb[:, 0]), 0, None)
-                ih = np.clip(np.minimum(box[3], wb[:, 3]) - np.maximum(box[1], wb[:, 1]), 0, None)
-                inter = iw * ih
-                union = (box[2] - box[0]) * (box[3] - box[1]) + (wb[:, 2] - wb[:, 0]) * (wb[:, 3] - wb[:, 1]) - inter
-                found += bool((inter / np.maximum(union, 1e-9) >= 0.5).any())
+        wb = b.xyxy[[lab == "WBC" for lab in b.labels]]
+        for box, lab in zip(a.xyxy, a.labels):
+            if lab == "WBC":
+                total += 1
+                found += bool(len(wb)) and bool((box_iou(box, wb) >= 0.5).any())
     return found, total
 
 
