@@ -25,16 +25,56 @@ def check_classifier_config(cfg: dict, where: str = "classifier config") -> dict
         raise ConfigError(f"{where}: unknown arch '{cfg['arch']}'; valid: {sorted(BACKBONES)}")
     if not 0.0 <= cfg["min_confidence"] <= 1.0:
         raise ConfigError(f"{where}: min_confidence must be in [0, 1]")
+    check_tta(cfg["tta"], cfg["tta_below"], where)
     validate(cfg["train"], TRAIN_SCHEMA, f"{where}: train")
     return cfg
 
 
-def load_classifier(weights, device: str = "cpu", batch: int = 64, half: bool = False):
-    """A ``Classifier`` (``.pt`` checkpoint) or ``OnnxClassifier`` (``.onnx`` export) for ``weights``."""
+TTA_VIEWS = (1, 2, 4, 8)
+
+
+def check_tta(tta: int, tta_below: float, where: str = "classifier") -> None:
+    """Raise ``ConfigError`` for test-time augmentation settings ``tta_views`` cannot run."""
+    if tta not in TTA_VIEWS:
+        raise ConfigError(f"{where}: tta must be one of {list(TTA_VIEWS)} views, not {tta!r}")
+    if not 0.0 <= tta_below <= 1.0:
+        raise ConfigError(f"{where}: tta_below must be in [0, 1], not {tta_below!r}")
+
+
+def tta_views(x: np.ndarray, n: int) -> list[np.ndarray]:
+    """``n`` views of uint8 NHWC crops for test-time augmentation, ``x`` itself first: 2 = + horizontal mirror,
+    4 = the rotations by 90 degrees, 8 = the rotations and their mirror images (a cell has no orientation on a
+    smear; training rotates by any angle and flips)."""
+    if n not in TTA_VIEWS:
+        raise ValueError(f"tta must be one of {list(TTA_VIEWS)} views, not {n!r}")
+    if n == 1:
+        return [x]
+    if n == 2:
+        return [x, x[:, :, ::-1]]
+    rot = [x] + [np.rot90(x, k, axes=(1, 2)) for k in (1, 2, 3)]
+    return rot if n == 4 else rot + [r[:, :, ::-1] for r in rot]
+
+
+def mean_logit_probs(probs: list[np.ndarray]) -> np.ndarray:
+    """Combine per-view probabilities softmax(logits_v / T) into softmax(mean_v(logits_v) / T): the normalized
+    geometric mean (log-probabilities differ from logits / T by a per-view constant)."""
+    logp = np.mean([np.log(np.clip(p.astype(np.float64), 1e-30, None)) for p in probs], axis=0)
+    e = np.exp(logp - logp.max(1, keepdims=True))
+    return (e / e.sum(1, keepdims=True)).astype(np.float32)
+
+
+def load_classifier(weights, device: str = "cpu", batch: int = 64, half: bool = False, tta: int = 1,
+                    tta_below: float = 1.0):
+    """A ``Classifier`` (``.pt`` checkpoint) or ``OnnxClassifier`` (``.onnx`` export) for ``weights``; ``tta`` /
+    ``tta_below``: test-time augmentation (see ``_CropClassifier.classify_prepared``)."""
+    check_tta(tta, tta_below)
     path = resolve_path(weights)
     if path is not None and path.suffix.lower() == ".onnx":
-        return OnnxClassifier(path, device=device, batch=batch)
-    return Classifier(path, device=device, batch=batch, half=half)
+        clf = OnnxClassifier(path, device=device, batch=batch)
+    else:
+        clf = Classifier(path, device=device, batch=batch, half=half)
+    clf.tta, clf.tta_below = tta, tta_below
+    return clf
 
 
 def _preprocess(crops: list[np.ndarray], size: int, stain: dict | None = None) -> np.ndarray:
@@ -64,6 +104,8 @@ class _CropClassifier:
     input_size: int
     classes: list[str]
     meta: dict
+    tta: int = 1  # test-time views, see tta_views
+    tta_below: float = 1.0  # extra views only for cells whose single-view top probability is below this
 
     def preprocess(self, crops: list[np.ndarray]) -> np.ndarray:
         """Crops -> uint8 NHWC at the input size (border-replicated to square, then resized; stain-normalized when
@@ -77,6 +119,21 @@ class _CropClassifier:
         return self.classify_prepared(self.preprocess(crops))
 
     def classify_prepared(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities (N, K) for crops already at the input size (uint8 NHWC). With ``tta`` > 1, cells whose
+        top probability on ``x`` is below ``tta_below`` are classified on all ``tta`` views (``tta_views``) and
+        get the views' mean-logit probabilities (``mean_logit_probs``); the others keep the single view's."""
+        if not len(x):
+            return np.zeros((0, len(self.classes)), np.float32)
+        p = self._probs(x)
+        if self.tta > 1:
+            sel = np.flatnonzero(p.max(1) < self.tta_below)
+            if len(sel):
+                views = tta_views(x[sel], self.tta)
+                p[sel] = mean_logit_probs([p[sel]] + [self._probs(np.ascontiguousarray(v)) for v in views[1:]])
+        return p
+
+    def _probs(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities for uint8 NHWC crops at the input size, one view (the runtime's forward pass)."""
         raise NotImplementedError
 
 
@@ -114,13 +171,12 @@ class Classifier(_CropClassifier):
         x, got = self.preprocess(crops), []
         hook = last[-1].register_forward_hook(lambda mod, inp, out: got.append(inp[0].detach().float().cpu()))
         try:
-            self.classify_prepared(x)
+            self._probs(x)
         finally:
             hook.remove()
         return torch.cat(got).flatten(1).numpy() if got else np.zeros((0, last[-1].in_features), np.float32)
 
-    def classify_prepared(self, x: np.ndarray) -> np.ndarray:
-        """Probabilities for crops already at the input size (uint8 NHWC)."""
+    def _probs(self, x: np.ndarray) -> np.ndarray:
         import torch
 
         out = []
@@ -158,8 +214,7 @@ class OnnxClassifier(_CropClassifier):
         self.batch = batch
         self.name = f"{self.task}:{self.meta['arch']}@{self.input_size}:{path.name}"
 
-    def classify_prepared(self, x: np.ndarray) -> np.ndarray:
-        """Probabilities for crops already at the input size (uint8 NHWC)."""
+    def _probs(self, x: np.ndarray) -> np.ndarray:
         if not len(x):
             return np.zeros((0, len(self.classes)), np.float32)
         out = [self.session.run(None, {"crops": np.ascontiguousarray(x[i:i + self.batch])})[0]

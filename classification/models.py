@@ -49,8 +49,11 @@ def build_backbone(arch: str, num_classes: int, pretrained: str | None = None):
         import torch
 
         state = torch.load(pretrained, map_location="cpu")
-        state = {k: v for k, v in state.get("state_dict", state).items()
-                 if k in model.state_dict() and v.shape == model.state_dict()[k].shape}
+        own = model.state_dict()
+        state = {k: v for k, v in state.get("state_dict", state).items() if k in own and v.shape == own[k].shape}
+        if len(state) < len(own) / 2:  # a wrong file must not silently become training from scratch
+            raise ValueError(f"pretrained {pretrained}: only {len(state)} of {len(own)} tensors fit {arch}; is it a "
+                             "checkpoint of this backbone?")
         model.load_state_dict(state, strict=False)
     return model
 

@@ -25,6 +25,10 @@ CLASSIFIER_SCHEMA = {
     "pretrained": Field(str, None, "opt-in local ImageNet checkpoint to start from (users online); never default"),
     "min_confidence": Field(float, 0.5, "below this top-class probability the cell's final label is 'unidentified'"),
     "batch": Field(int, 64, "crops per inference batch"),
+    "tta": Field(int, 1, "test-time augmentation views: 1 (off), 2 (+ mirror), 4 (rotations by 90 degrees), 8 "
+                         "(rotations and mirror images); probabilities from the views' mean logits"),
+    "tta_below": Field(float, 1.0, "extra views only for cells whose single-view top probability is below this "
+                                   "(1.0 = every cell)"),
     "train": Field(dict, {}, "training settings, see TRAIN_SCHEMA"),
 }
 

@@ -35,6 +35,8 @@ STAGE_SCHEMA = {
     "when": Field(list, None, "run only on cells whose current label is one of these; None = every crop"),
     "optional": Field(bool, False, "skip this stage (with a note) when its weights file does not exist"),
     "weights": Field(str, None, "override the classifier config's weights"),
+    "tta": Field(int, None, "override the classifier config's tta (test-time views: 1, 2, 4, 8)"),
+    "tta_below": Field(float, None, "override the classifier config's tta_below"),
 }
 
 UNIDENTIFIED = "unidentified"
@@ -42,7 +44,7 @@ UNIDENTIFIED = "unidentified"
 
 def load_pipeline_config(path) -> dict:
     """Read and validate a pipeline YAML, its stages and the configs they name."""
-    from classification.classifier import check_classifier_config
+    from classification.classifier import check_classifier_config, check_tta
     from detection import check_detector_config
     from pipelines.differential import DIFFERENTIAL_SCHEMA
 
@@ -56,8 +58,10 @@ def load_pipeline_config(path) -> dict:
             raise ConfigError(f"{path}: classifiers[{i}] must be a mapping with at least 'config'")
         st = validate(st, STAGE_SCHEMA, f"{path}: classifiers[{i}]")
         st["cfg"] = check_classifier_config(load_yaml(resolve_path(st["config"])), st["config"])
-        if st["weights"]:
-            st["cfg"]["weights"] = st["weights"]
+        for key in ("weights", "tta", "tta_below"):
+            if st[key] is not None:
+                st["cfg"][key] = st[key]
+        check_tta(st["cfg"]["tta"], st["cfg"]["tta_below"], f"{path}: classifiers[{i}]")
         stages.append(st)
     cfg["classifiers"] = stages
     cfg["differential"] = validate(cfg["differential"], DIFFERENTIAL_SCHEMA, f"{path}: differential")
@@ -100,7 +104,8 @@ class Pipeline:
                     continue
                 raise FileNotFoundError(f"classifier weights not found for {c['task']}: {w} (mark the stage "
                                         "'optional: true' to run without it)")
-            clf = load_classifier(w, device=device, batch=c["batch"], half=half)
+            clf = load_classifier(w, device=device, batch=c["batch"], half=half, tta=c["tta"],
+                                  tta_below=c["tta_below"])
             self.stages.append(Stage(clf.task, clf, set(st["when"]) if st["when"] else None, c["min_confidence"]))
         from importlib.metadata import PackageNotFoundError, version
 

@@ -61,6 +61,19 @@ def test_every_backbone_builds_and_runs(arch):
         assert m(torch.zeros(1, 3, size, size)).shape == (1, 5)
 
 
+def test_pretrained_loads_a_checkpoint_and_refuses_a_foreign_one(tmp_path):
+    import torch
+
+    src = build_backbone("tiny_cnn", 8)
+    p = save_checkpoint(tmp_path / "c.pt", src, "tiny_cnn", "pbc8", TAXONOMIES["pbc8"], 32, (0.5,) * 3, (0.2,) * 3)
+    m = build_backbone("tiny_cnn", 11, str(p))  # another head size: the body still loads
+    same = [k for k, v in src.state_dict().items() if v.shape == m.state_dict()[k].shape]
+    assert same and all(torch.equal(src.state_dict()[k], m.state_dict()[k]) for k in same)
+    torch.save(build_backbone("shufflenet_v2", 8).state_dict(), tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="tensors fit"):
+        build_backbone("tiny_cnn", 8, str(tmp_path / "other.pt"))
+
+
 def test_checkpoint_roundtrip_and_classifier(tmp_path):
     from classification.classifier import Classifier
 
@@ -101,6 +114,48 @@ def test_onnx_export_gives_the_checkpoint_probabilities(tmp_path):
     onnx.save(plain, str(tmp_path / "plain.onnx"))
     with pytest.raises(ValueError, match="not a leukodiff classifier"):
         OnnxClassifier(tmp_path / "plain.onnx")
+
+
+def test_tta_views_mean_logits_and_adaptive_selection(tmp_path):
+    import torch
+
+    from classification.classifier import Classifier, load_classifier, mean_logit_probs, tta_views
+    from pipelines.config import ConfigError
+
+    x = np.random.default_rng(0).integers(0, 255, (3, 6, 6, 3), dtype=np.uint8)
+    for n in (1, 2, 4, 8):
+        views = tta_views(x, n)
+        assert len(views) == n and views[0] is x and all(v.shape == x.shape for v in views)
+        assert len({v.tobytes() for v in views}) == n  # all distinct: the dihedral group of the square
+    assert any(np.array_equal(v, np.rot90(x, 1, (1, 2)).transpose(0, 2, 1, 3)) for v in tta_views(x, 8))
+    with pytest.raises(ValueError):
+        tta_views(x, 3)
+    # the normalized geometric mean of softmax(l / T) is softmax(mean(l) / T)
+    logits = np.random.default_rng(1).normal(0, 3, (4, 5, 8))
+    got = mean_logit_probs([softmax(v, 1.5) for v in logits])
+    np.testing.assert_allclose(got, softmax(logits.mean(0), 1.5), atol=1e-5)
+
+    torch.manual_seed(0)
+    p = save_checkpoint(tmp_path / "c.pt", build_backbone("tiny_cnn", 8), "tiny_cnn", "pbc8", TAXONOMIES["pbc8"],
+                        16, (0.5,) * 3, (0.2,) * 3, temperature=0.05)
+    crops = [np.random.default_rng(i).integers(0, 255, (16, 16, 3), dtype=np.uint8) for i in range(6)]
+    plain = Classifier(p)
+    single = plain.classify(crops)
+    prepared = plain.preprocess(crops)
+    views = [plain.classify_prepared(np.ascontiguousarray(v)) for v in tta_views(prepared, 8)]
+    always = load_classifier(p, tta=8, tta_below=1.0).classify(crops)
+    np.testing.assert_allclose(always, mean_logit_probs(views), atol=1e-5)
+    assert np.abs(always - single).max() > 1e-3  # the views do change the answer of this untrained model
+    never = load_classifier(p, tta=8, tta_below=0.0).classify(crops)
+    np.testing.assert_array_equal(never, single)
+    thr = float(np.median(single.max(1)))
+    some = load_classifier(p, tta=8, tta_below=thr).classify(crops)
+    low = single.max(1) < thr
+    assert 0 < low.sum() < len(crops)
+    np.testing.assert_allclose(some[low], always[low], atol=1e-5)
+    np.testing.assert_array_equal(some[~low], single[~low])
+    with pytest.raises(ConfigError, match="tta"):
+        load_classifier(p, tta=3)
 
 
 def test_shipped_onnx_classifiers_are_exports_of_the_shipped_checkpoints():
