@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.config import REPO_ROOT, ConfigError, Field, data_root, load_yaml, validate
+from pipelines.config import REPO_ROOT, REQUIRED, ConfigError, Field, data_root, load_yaml, validate
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -33,13 +33,69 @@ CARD_SCHEMA = {
 
 @dataclass(frozen=True)
 class FieldAnnotation:
-    """Ground truth of one image: absolute-pixel ``xyxy`` boxes and their string labels."""
+    """Ground truth of one image: absolute-pixel ``xyxy`` boxes and their string labels. ``ignore_boxes`` /
+    ``ignore_labels``: regions where a detection of that label is neither right nor wrong (COCO crowd regions; set
+    by an annotation review, see ``apply_review``)."""
 
     path: Path
     width: int
     height: int
     boxes: list[list[float]] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
+    ignore_boxes: list[list[float]] = field(default_factory=list)
+    ignore_labels: list[str] = field(default_factory=list)
+
+
+REVIEW_SCHEMA = {
+    "dataset": Field(str, REQUIRED, "dataset card name the review belongs to"),
+    "reviewed": Field(str, REQUIRED, "what was reviewed, by whom / how, when"),
+    "classes": Field(list, REQUIRED, "classes the review covers (all their objects were checked)"),
+    "fields": Field(dict, {}, "image file name -> {add: [{label, box}], ignore: [{label, box}], note}"),
+}
+REVIEW_FIELD_SCHEMA = {
+    "add": Field(list, [], "objects the annotation missed: {label, box: [x1, y1, x2, y2]} in original pixels"),
+    "ignore": Field(list, [], "regions to ignore: {label, box}: cells cut by the image edge, smudge cells"),
+    "note": Field(str, "", "what the reviewer saw"),
+}
+
+
+def load_review(path) -> dict:
+    """Read and validate an annotation review (``datasets/*_review.yaml``; ``REVIEW_SCHEMA``)."""
+    rev = validate(load_yaml(path), REVIEW_SCHEMA, str(path))
+    for name, entry in rev["fields"].items():
+        where = f"{path}: fields.{name}"
+        entry = rev["fields"][name] = validate(entry or {}, REVIEW_FIELD_SCHEMA, where)
+        for kind in ("add", "ignore"):
+            for obj in entry[kind]:
+                box = obj.get("box") if isinstance(obj, dict) else None
+                if (not isinstance(obj, dict) or obj.get("label") not in rev["classes"] or not isinstance(box, list)
+                        or len(box) != 4 or not box[0] < box[2] or not box[1] < box[3]):
+                    raise ConfigError(f"{where}.{kind}: each entry needs a label of {rev['classes']} and a box "
+                                      f"[x1, y1, x2, y2] with x1 < x2, y1 < y2; got {obj!r}")
+    return rev
+
+
+def apply_review(records: list[FieldAnnotation], review: dict) -> tuple[list[FieldAnnotation], int]:
+    """Records with a review's added objects and ignore regions (matched by image file name). Returns the new
+    records and how many of them the review changed. A reviewed field outside the image raises ``ConfigError``."""
+    out, changed = [], 0
+    for r in records:
+        entry = review["fields"].get(Path(r.path).name)
+        if not entry or not (entry["add"] or entry["ignore"]):
+            out.append(r)
+            continue
+        for obj in entry["add"] + entry["ignore"]:
+            x1, y1, x2, y2 = obj["box"]
+            if x1 < 0 or y1 < 0 or x2 > r.width or y2 > r.height:
+                raise ConfigError(f"review of {Path(r.path).name}: box {obj['box']} is outside the "
+                                  f"{r.width}x{r.height} image")
+        out.append(FieldAnnotation(r.path, r.width, r.height,
+                                   r.boxes + [[float(v) for v in o["box"]] for o in entry["add"]],
+                                   r.labels + [o["label"] for o in entry["add"]],
+                                   r.ignore_boxes + [[float(v) for v in o["box"]] for o in entry["ignore"]],
+                                   r.ignore_labels + [o["label"] for o in entry["ignore"]]))
+        changed += 1
+    return out, changed
 
 
 def load_card(name_or_path: str | Path) -> dict:
@@ -77,7 +133,8 @@ def read_split(card: dict, split: str, min_size: float = 2.0) -> list[FieldAnnot
 
 def _drop_small(rec: FieldAnnotation, min_size: float) -> FieldAnnotation:
     keep = [i for i, b in enumerate(rec.boxes) if b[2] - b[0] >= min_size and b[3] - b[1] >= min_size]
-    return FieldAnnotation(rec.path, rec.width, rec.height, [rec.boxes[i] for i in keep], [rec.labels[i] for i in keep])
+    return FieldAnnotation(rec.path, rec.width, rec.height, [rec.boxes[i] for i in keep], [rec.labels[i] for i in keep],
+                           rec.ignore_boxes, rec.ignore_labels)
 
 
 def read_voc(xml_path: Path, image_dir: Path | None = None) -> FieldAnnotation:
@@ -147,17 +204,19 @@ def read_coco(json_path: Path, image_root: Path | None = None) -> list[FieldAnno
 
 
 def to_coco(records: list[FieldAnnotation], classes: list[str]) -> dict:
-    """Records -> COCO ground-truth dict (category ids 1..K in ``classes`` order, image ids 1..N)."""
+    """Records -> COCO ground-truth dict (category ids 1..K in ``classes`` order, image ids 1..N; ignore regions
+    as ``iscrowd`` annotations)."""
     cat_id = {c: i + 1 for i, c in enumerate(classes)}
     images, anns = [], []
     for i, r in enumerate(records, 1):
         images.append({"id": i, "file_name": str(r.path), "width": r.width, "height": r.height})
-        for b, lab in zip(r.boxes, r.labels):
+        crowd = [0] * len(r.boxes) + [1] * len(r.ignore_boxes)  # pycocotools ignores detections on crowd regions
+        for b, lab, c in zip(r.boxes + r.ignore_boxes, r.labels + r.ignore_labels, crowd):
             if lab not in cat_id:
                 continue
             w, h = b[2] - b[0], b[3] - b[1]
             anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cat_id[lab], "bbox": [b[0], b[1], w, h],
-                         "area": w * h, "iscrowd": 0})
+                         "area": w * h, "iscrowd": c})
     return {"images": images, "annotations": anns, "categories": [{"id": v, "name": k} for k, v in cat_id.items()]}
 
 

@@ -64,13 +64,17 @@ def coco_evaluate(gt: list[FieldAnnotation], preds: dict[str, dict], classes: li
         for k, c in enumerate(classes):
             p50 = prec[0, :, k, 0, -1]
             pall = prec[:, :, k, 0, -1]
-            has_gt = any(a["category_id"] == k + 1 for a in gt_dict["annotations"])
+            has_gt = any(a["category_id"] == k + 1 and not a["iscrowd"] for a in gt_dict["annotations"])
             per_class[c] = {"AP50": round(float(p50[p50 > -1].mean()), 4) if has_gt and (p50 > -1).any() else None,
                             "AP": round(float(pall[pall > -1].mean()), 4) if has_gt and (pall > -1).any() else None}
     ap50 = [v["AP50"] for v in per_class.values() if v["AP50"] is not None]
     ap = [v["AP"] for v in per_class.values() if v["AP"] is not None]
-    n_gt = {c: sum(1 for a in gt_dict["annotations"] if a["category_id"] == cat[c]) for c in classes}
-    return {"fields": len(gt), "fields_without_predictions": missing, "gt_boxes": n_gt, "per_class": per_class,
+    n_gt = {c: sum(1 for a in gt_dict["annotations"] if a["category_id"] == cat[c] and not a["iscrowd"])
+            for c in classes}
+    n_ignore = {c: sum(1 for a in gt_dict["annotations"] if a["category_id"] == cat[c] and a["iscrowd"])
+                for c in classes}
+    return {"fields": len(gt), "fields_without_predictions": missing, "gt_boxes": n_gt,
+            "ignore_regions": {c: n for c, n in n_ignore.items() if n}, "per_class": per_class,
             "mAP50": round(float(np.mean(ap50)), 4) if ap50 else None,
             "mAP50_95": round(float(np.mean(ap)), 4) if ap else None}
 

@@ -195,6 +195,51 @@ def test_coco_evaluate_perfect_and_missing(tmp_path):
     assert m["fields_without_predictions"] == 1 and m["per_class"]["WBC"]["AP50"] == pytest.approx(0.5, abs=0.01)
 
 
+def test_annotation_review_adds_missed_cells_and_ignores_regions(tmp_path):
+    from detection.data import apply_review, load_review
+    from detection.evaluate import coco_evaluate
+
+    gt = [FieldAnnotation(tmp_path / "a.jpg", 100, 100, [[10, 10, 50, 50]], ["WBC"]),
+          FieldAnnotation(tmp_path / "b.jpg", 100, 100, [], [])]
+    # a: the labelled cell and a fragment at the edge; b: an unlabelled whole cell found with a high score
+    preds = {str((tmp_path / "a.jpg").resolve()): {"boxes": [[10, 10, 50, 50], [90, 0, 100, 30]],
+                                                   "scores": [0.6, 0.9], "labels": ["WBC", "WBC"]},
+             str((tmp_path / "b.jpg").resolve()): {"boxes": [[30, 30, 70, 70]], "scores": [0.95], "labels": ["WBC"]}}
+    official = coco_evaluate(gt, preds, ["WBC"])
+    assert official["per_class"]["WBC"]["AP50"] < 0.5  # two higher-scored "false" detections before the one hit
+    (tmp_path / "r.yaml").write_text(
+        "dataset: toy\nreviewed: test\nclasses: [WBC]\nfields:\n"
+        "  a.jpg: {ignore: [{label: WBC, box: [88, 0, 100, 35]}], note: edge fragment}\n"
+        "  b.jpg: {add: [{label: WBC, box: [31, 29, 70, 71]}]}\n"
+        "  elsewhere.jpg: {add: [{label: WBC, box: [0, 0, 5, 5]}]}\n")
+    reviewed, changed = apply_review(gt, load_review(tmp_path / "r.yaml"))
+    assert changed == 2 and gt[1].boxes == []  # the records themselves are not modified
+    assert reviewed[1].boxes == [[31.0, 29.0, 70.0, 71.0]] and reviewed[0].ignore_boxes == [[88.0, 0.0, 100.0, 35.0]]
+    m = coco_evaluate(reviewed, preds, ["WBC"])
+    assert m["per_class"]["WBC"]["AP50"] == 1.0
+    assert m["gt_boxes"] == {"WBC": 2} and m["ignore_regions"] == {"WBC": 1}
+    for bad in ("  a.jpg: {add: [{label: RBC, box: [0, 0, 5, 5]}]}", "  a.jpg: {add: [{label: WBC, box: [5, 0, 1, 5]}]}",
+                "  a.jpg: {remove: []}"):
+        (tmp_path / "bad.yaml").write_text(f"dataset: toy\nreviewed: x\nclasses: [WBC]\nfields:\n{bad}\n")
+        with pytest.raises(ConfigError):
+            load_review(tmp_path / "bad.yaml")
+    (tmp_path / "out.yaml").write_text("dataset: toy\nreviewed: x\nclasses: [WBC]\nfields:\n"
+                                       "  a.jpg: {add: [{label: WBC, box: [50, 50, 120, 90]}]}\n")
+    with pytest.raises(ConfigError, match="outside"):
+        apply_review(gt, load_review(tmp_path / "out.yaml"))
+
+
+def test_shipped_bccd_review_fits_the_test_split(data_root):
+    from detection.data import apply_review, load_card, load_review, read_split
+    from pipelines.config import REPO_ROOT
+
+    review = load_review(REPO_ROOT / "datasets" / "bccd_review.yaml")
+    test = read_split(load_card("bccd"), "test")
+    reviewed, changed = apply_review(test, review)
+    assert changed == len(review["fields"]) == 7  # every reviewed field is a test field
+    assert sum(len(r.boxes) for r in reviewed) == sum(len(r.boxes) for r in test) + 3
+
+
 def test_lower_magnification_mosaic_keeps_every_box(tmp_path):
     """tools/eval_robustness.py: at half magnification four fields fill the canvas; every box scales and moves."""
     from PIL import Image
