@@ -236,7 +236,7 @@ def test_shipped_bccd_review_fits_the_test_split(data_root):
     review = load_review(REPO_ROOT / "datasets" / "bccd_review.yaml")
     test = read_split(load_card("bccd"), "test")
     reviewed, changed = apply_review(test, review)
-    assert changed == len(review["fields"]) == 7  # every reviewed field is a test field
+    assert changed == len(review["fields"]) == 9  # every reviewed field is a test field
     assert sum(len(r.boxes) for r in reviewed) == sum(len(r.boxes) for r in test) + 3
 
 
