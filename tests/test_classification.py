@@ -168,10 +168,12 @@ def test_shipped_onnx_classifiers_are_exports_of_the_shipped_checkpoints():
     from pipelines.synthetic import render_field
 
     crops = [render_field(i).image[100:300, 200:400] for i in range(3)]
-    for task in ("pbc8", "wang11"):
-        pt = ROOT / "classification" / "weights" / f"{task}_shufflenet128.pt"
-        onx = OnnxClassifier(pt.with_suffix(".onnx"))
-        assert onx.meta["source_sha256"] == hashlib.sha256(pt.read_bytes()).hexdigest(), f"re-export {task}"
+    exports = sorted((ROOT / "classification" / "weights").glob("*.onnx"))
+    assert {OnnxClassifier(o).task for o in exports} >= {"pbc8", "wang11"}
+    for onx_path in exports:
+        pt = onx_path.with_suffix(".pt")
+        onx = OnnxClassifier(onx_path)
+        assert onx.meta["source_sha256"] == hashlib.sha256(pt.read_bytes()).hexdigest(), f"re-export {pt.name}"
         np.testing.assert_allclose(Classifier(pt).classify(crops), onx.classify(crops), atol=1e-4)
 
 

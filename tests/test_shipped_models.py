@@ -56,7 +56,11 @@ def test_shipped_classifiers_on_real_cells(data_root, task, floor):
     from classification.data import load_samples
     from pipelines.io import read_image
 
-    clf = Classifier(ROOT / "classification" / "weights" / f"{task}_shufflenet128.pt")
+    from pipelines.pipeline import load_pipeline_config
+
+    cfg = load_pipeline_config(ROOT / "configs" / "pipeline" / "gpu.yaml")  # the default's weights, as .pt
+    [weights] = [st["cfg"]["weights"] for st in cfg["classifiers"] if st["cfg"]["task"] == task]
+    clf = Classifier(resolve_path(weights))
     samples = load_samples(task, "test")
     rng = np.random.default_rng(0)
     pick = [samples[i] for i in rng.choice(len(samples), 120, replace=False)]

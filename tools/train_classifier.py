@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Train a cell classifier from its config:
-``python tools/train_classifier.py --config configs/classifier/pbc8_shufflenet128.yaml``.
+``python tools/train_classifier.py --config configs/classifier/pbc8_shufflenet160.yaml``.
 
 Data: the task's public sources in ../shared/data (pbc8: PBC; wang11: PBC fine labels + lmu_aml), the fixed splits
 (train to fit, val for early stopping and temperature scaling, test only for the final figure), or your own
