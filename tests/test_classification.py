@@ -158,6 +158,21 @@ def test_tta_views_mean_logits_and_adaptive_selection(tmp_path):
         load_classifier(p, tta=3)
 
 
+def test_pipeline_stage_sets_tta(tmp_path):
+    from conftest import ROOT
+    from pipelines.config import ConfigError
+    from pipelines.pipeline import load_pipeline_config
+
+    cfg = load_pipeline_config(ROOT / "configs" / "pipeline" / "accurate.yaml")
+    assert [(st["cfg"]["tta"], st["cfg"]["tta_below"]) for st in cfg["classifiers"][:2]] == [(8, 0.9)] * 2
+    default = load_pipeline_config(ROOT / "configs" / "pipeline" / "default.yaml")
+    assert all(st["cfg"]["tta"] == 1 for st in default["classifiers"])
+    text = (ROOT / "configs" / "pipeline" / "accurate.yaml").read_text().replace("tta: 8", "tta: 3", 1)
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(ConfigError, match="tta must be one of"):
+        load_pipeline_config(tmp_path / "bad.yaml")
+
+
 def test_shipped_onnx_classifiers_are_exports_of_the_shipped_checkpoints():
     """The default pipeline runs the .onnx files: they must come from the shipped .pt (re-export after retraining:
     tools/export_onnx.py --classifier) and give its probabilities."""
