@@ -77,23 +77,33 @@ def load_classifier(weights, device: str = "cpu", batch: int = 64, half: bool = 
     return clf
 
 
-def _preprocess(crops: list[np.ndarray], size: int, stain: dict | None = None) -> np.ndarray:
-    """Crops -> uint8 NHWC at ``size`` (border-replicated to square, then resized; Reinhard-normalized to ``stain``
-    when the model was trained so)."""
+def resize_crops(crops: list[np.ndarray], size: int) -> np.ndarray:
+    """Crops -> uint8 NHWC at ``size`` (border-replicated to square, then resized)."""
     from pipelines.io import square_resize
 
     out = np.empty((len(crops), size, size, 3), np.uint8)
     for i, c in enumerate(crops):
         out[i] = square_resize(c, size)
-    if stain:
-        from classification.harmonize import stain_normalize
-
-        out = stain_normalize(out, stain["lab_mean"], stain["lab_std"])
     return out
 
 
+def _normalize_stain(x: np.ndarray, stain: dict | None) -> np.ndarray:
+    """Reinhard-normalize resized crops to ``stain`` when the model was trained so; else ``x`` itself."""
+    if not stain:
+        return x
+    from classification.harmonize import stain_normalize
+
+    return stain_normalize(x, stain["lab_mean"], stain["lab_std"])
+
+
+def _preprocess(crops: list[np.ndarray], size: int, stain: dict | None = None) -> np.ndarray:
+    """Crops -> uint8 NHWC at ``size`` (``resize_crops``; Reinhard-normalized to ``stain`` when given)."""
+    return _normalize_stain(resize_crops(crops, size), stain)
+
+
 def preprocess_key(clf) -> tuple:
-    """Classifiers with equal keys take the same prepared crops (the pipeline prepares them once)."""
+    """Classifiers with equal keys take the same prepared crops (the pipeline prepares them once; classifiers of the
+    same input size share the resize, see ``_CropClassifier.prepare_resized``)."""
     st = getattr(clf, "meta", {}).get("stain_reference")
     return clf.input_size, None if not st else (tuple(st["lab_mean"]), tuple(st["lab_std"]))
 
@@ -111,6 +121,10 @@ class _CropClassifier:
         """Crops -> uint8 NHWC at the input size (border-replicated to square, then resized; stain-normalized when
         the checkpoint has a ``stain_reference``)."""
         return _preprocess(crops, self.input_size, self.meta.get("stain_reference"))
+
+    def prepare_resized(self, x: np.ndarray) -> np.ndarray:
+        """``preprocess`` for crops already resized to the input size (``resize_crops``): the stain step only."""
+        return _normalize_stain(x, self.meta.get("stain_reference"))
 
     def classify(self, crops: list[np.ndarray]) -> np.ndarray:
         """Probabilities (N, K) for RGB uint8 crops; (0, K) for none."""

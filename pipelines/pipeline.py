@@ -133,7 +133,8 @@ class Pipeline:
         current: list[tuple[str, float, float] | None] = [None] * n  # (label, score, min_confidence)
         per_cell: list[dict] = [{} for _ in range(n)]
         prepared: dict[tuple, np.ndarray] = {}
-        from classification.classifier import preprocess_key
+        resized: dict[int, np.ndarray] = {}
+        from classification.classifier import preprocess_key, resize_crops
         from classification.taxonomies import refines
 
         for st in self.stages:
@@ -142,8 +143,11 @@ class Pipeline:
                 continue
             clf = st.classifier
             key = preprocess_key(clf)
-            if key not in prepared:  # stages of the same input size (and stain normalization) share one resize
-                prepared[key] = clf.preprocess(crops)
+            if key not in prepared:  # one resize per input size, one stain normalization per reference
+                size = clf.input_size
+                if size not in resized:
+                    resized[size] = resize_crops(crops, size)
+                prepared[key] = clf.prepare_resized(resized[size])
             probs = clf.classify_prepared(prepared[key][idx])
             for j, i in enumerate(idx):
                 k = int(probs[j].argmax())

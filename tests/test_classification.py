@@ -281,6 +281,9 @@ class _FixedClassifier:
     def preprocess(self, crops):
         return np.zeros((len(crops), 8, 8, 3), np.uint8)
 
+    def prepare_resized(self, x):
+        return x
+
     def classify_prepared(self, x):
         return np.repeat(self._p[None], len(x), 0)
 
@@ -326,6 +329,33 @@ def test_cascade_refines_routes_and_marks_unidentified():
 
 
 @pytest.mark.realdata
+def test_cascade_shares_the_resize_and_keeps_each_stain_reference(tmp_path):
+    """Stages of one input size share the resized crops; each still gets its own stain normalization, so the cascade
+    gives every stage exactly what the classifier alone computes."""
+    import torch
+
+    from classification.classifier import load_classifier
+    from pipelines.pipeline import Pipeline, Stage
+
+    torch.manual_seed(0)
+    refs = [{"lab_mean": [200.0, 140.0, 120.0], "lab_std": [30.0, 8.0, 10.0]},
+            {"lab_mean": [170.0, 150.0, 110.0], "lab_std": [45.0, 12.0, 14.0]}]
+    stages = []
+    for k, (task, ref) in enumerate(zip(("pbc8", "wang11"), refs)):
+        p = save_checkpoint(tmp_path / f"{task}.pt", build_backbone("tiny_cnn", len(TAXONOMIES[task])), "tiny_cnn",
+                            task, TAXONOMIES[task], 24, (0.5,) * 3, (0.2,) * 3, temperature=0.1, stain_reference=ref)
+        stages.append(Stage(task, load_classifier(p), None, 0.0))
+    pipe = Pipeline.__new__(Pipeline)
+    pipe.stages = stages
+    rng = np.random.default_rng(3)
+    crops = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in ((40, 30), (55, 55), (20, 70))]
+    results, _ = pipe.classify(crops)
+    for st in stages:
+        alone = st.classifier.classify(crops)
+        got = np.array([[r[2][st.task].probs[c] for c in st.classifier.classes] for r in results])
+        np.testing.assert_allclose(got, alone, atol=1e-4)
+
+
 def test_real_classification_samples(data_root):
     from classification.data import load_samples
 
