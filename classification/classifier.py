@@ -74,6 +74,8 @@ def load_classifier(weights, device: str = "cpu", batch: int = 64, half: bool = 
     else:
         clf = Classifier(path, device=device, batch=batch, half=half)
     clf.tta, clf.tta_below = tta, tta_below
+    if tta > 1:  # runs record it (fields.jsonl "versions")
+        clf.name += f":tta{tta}<{tta_below:g}"
     return clf
 
 

@@ -143,7 +143,9 @@ def test_tta_views_mean_logits_and_adaptive_selection(tmp_path):
     single = plain.classify(crops)
     prepared = plain.preprocess(crops)
     views = [plain.classify_prepared(np.ascontiguousarray(v)) for v in tta_views(prepared, 8)]
-    always = load_classifier(p, tta=8, tta_below=1.0).classify(crops)
+    always_clf = load_classifier(p, tta=8, tta_below=1.0)
+    assert always_clf.name.endswith(":tta8<1") and not load_classifier(p).name.endswith("<1")
+    always = always_clf.classify(crops)
     np.testing.assert_allclose(always, mean_logit_probs(views), atol=1e-5)
     assert np.abs(always - single).max() > 1e-3  # the views do change the answer of this untrained model
     never = load_classifier(p, tta=8, tta_below=0.0).classify(crops)

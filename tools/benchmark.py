@@ -10,10 +10,11 @@
 latency: the real orchestrator (tools/infer_field.py's code path: decode overlapped with inference, batched
 detector, batched classifiers) over the fields at each batch size, after a warm-up pass; per-stage p50/p95 from
 the per-field timings (decode, detect, crop, classify; aggregate = report writing per field) and fields/s of the
-whole loop, the median of --repeat passes. Then the same fields through a naive baseline: Ultralytics `predict` one
-image at a time on the torch weights and each classifier one crop at a time (also --repeat passes); the ratio is the
-best batch size's median fields/s over the baseline's median fields/s. On CUDA, stages are synchronised; --half runs
-fp16. Writes latency.json and latency.md in --out.
+whole loop, the median of --repeat passes. The same fields go through a naive baseline: Ultralytics `predict` one
+image at a time on the torch weights and each classifier one crop at a time. Passes are interleaved (each round: one
+pass per batch size, then one baseline pass), so that both see the same machine; the speed-up is the median over
+rounds of the best batch size's fields/s over the baseline's in that round. On CUDA, stages are synchronised;
+--half runs fp16. Writes latency.json and latency.md in --out.
 """
 
 from __future__ import annotations
@@ -80,28 +81,45 @@ def latency(args) -> int:
                                                           workers=args.workers))
         from pipelines.report import write_reports
 
-        for b in args.batches:
-            rates, recs, aggs = [], [], []
-            for r in range(args.repeat):
+        base_pass = None if args.no_baseline else baseline(cfg, paths, args)
+        got = {b: {"rates": [], "recs": [], "aggs": [], "cells": 0} for b in args.batches}
+        base_rates, base_ms = [], []
+        for r in range(args.repeat):
+            for b in args.batches:
                 d = tmp / f"b{b}_{r}"
                 s = run(fields, pipe, RunOptions(d, batch=b, progress=False, workers=args.workers))
-                rates.append(s["this_run"]["fields_per_s"])
+                g = got[b]
+                g["rates"].append(s["this_run"]["fields_per_s"])
+                g["cells"] = s["cells"]
                 these = [json.loads(x) for x in (d / "fields.jsonl").read_text().splitlines()]
-                recs += these
+                g["recs"] += these
                 t0 = time.perf_counter()
                 write_reports(d, cfg)
-                aggs.append((time.perf_counter() - t0) * 1000 / len(these))
-            stages = {k: [r["timings_ms"].get(k, 0.0) for r in recs if not r["error"]]
+                g["aggs"].append((time.perf_counter() - t0) * 1000 / len(these))
+                shutil.rmtree(d, ignore_errors=True)
+            line = ", ".join(f"batch {b} {got[b]['rates'][-1]}" for b in args.batches)
+            if base_pass:
+                rate, per = base_pass()
+                base_rates.append(rate)
+                base_ms += per
+                line += f", baseline {rate}"
+            print(f"round {r + 1}/{args.repeat} fields/s: {line}", flush=True)
+        for b, g in got.items():
+            stages = {k: [x["timings_ms"].get(k, 0.0) for x in g["recs"] if not x["error"]]
                       for k in ("decode", "detect", "crop", "classify")}
             out["pipeline"][str(b)] = {
                 **{k: {"p50": _pct(v, 50), "p95": _pct(v, 95)} for k, v in stages.items()},
-                "aggregate": {"p50": round(float(np.median(aggs)), 3), "p95": None},
-                "fields_per_s": round(float(np.median(rates)), 3), "fields_per_s_runs": rates, "cells": s["cells"]}
-            print(f"batch {b}: {out['pipeline'][str(b)]['fields_per_s']} fields/s (median of {rates})", flush=True)
-        if not args.no_baseline:
-            out["baseline"] = baseline(cfg, paths, args)
-            best = max(v["fields_per_s"] for v in out["pipeline"].values())
-            out["speedup"] = round(best / out["baseline"]["fields_per_s"], 2)
+                "aggregate": {"p50": round(float(np.median(g["aggs"])), 3), "p95": None},
+                "fields_per_s": round(float(np.median(g["rates"])), 3), "fields_per_s_runs": g["rates"],
+                "cells": g["cells"]}
+        if base_pass:
+            out["baseline"] = {"fields_per_s": round(float(np.median(base_rates)), 3), "fields_per_s_runs": base_rates,
+                               "per_field_ms": {"p50": _pct(base_ms, 50), "p95": _pct(base_ms, 95)}}
+            best = max(args.batches, key=lambda b: out["pipeline"][str(b)]["fields_per_s"])
+            ratios = [a / b for a, b in zip(got[best]["rates"], base_rates)]
+            out["best_batch"] = best
+            out["speedup_runs"] = [round(x, 2) for x in ratios]
+            out["speedup"] = round(float(np.median(ratios)), 2)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -112,9 +130,10 @@ def latency(args) -> int:
     return 0
 
 
-def baseline(cfg: dict, paths: list[Path], args) -> dict:
+def baseline(cfg: dict, paths: list[Path], args):
     """Naive: Ultralytics predict per image (torch weights: the pipeline's, or --baseline-detector's when it runs an
-    export), each classifier per crop (torch checkpoint, the .pt beside an .onnx export)."""
+    export), each classifier per crop (torch checkpoint, the .pt beside an .onnx export). Loads and warms it up;
+    returns a function that runs one pass over ``paths`` and returns (fields/s, ms per field)."""
     import torch
 
     from classification.classifier import Classifier
@@ -152,8 +171,9 @@ def baseline(cfg: dict, paths: list[Path], args) -> dict:
         one(p)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
-    per, rates = [], []
-    for _ in range(args.repeat):
+
+    def one_pass() -> tuple[float, list[float]]:
+        per = []
         t0 = time.perf_counter()
         for p in paths:
             t1 = time.perf_counter()
@@ -161,11 +181,9 @@ def baseline(cfg: dict, paths: list[Path], args) -> dict:
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             per.append((time.perf_counter() - t1) * 1000)
-        rates.append(round(len(paths) / (time.perf_counter() - t0), 3))
-    rate = round(float(np.median(rates)), 3)
-    print(f"baseline: {rate} fields/s (median of {rates})", flush=True)
-    return {"fields_per_s": rate, "fields_per_s_runs": rates, "per_field_ms": {"p50": _pct(per, 50),
-                                                                              "p95": _pct(per, 95)}}
+        return round(len(paths) / (time.perf_counter() - t0), 3), per
+
+    return one_pass
 
 
 def latency_markdown(o: dict) -> str:
@@ -178,7 +196,8 @@ def latency_markdown(o: dict) -> str:
     if o.get("baseline"):
         tail = (f"\nNaive baseline (Ultralytics predict per image + classifiers per crop): "
                 f"{o['baseline']['fields_per_s']} fields/s (p50 {o['baseline']['per_field_ms']['p50']} ms/field). "
-                f"Speed-up of the best pipeline batch: {o['speedup']}x.\n")
+                f"Speed-up of the best pipeline batch ({o['best_batch']}): {o['speedup']}x (median over rounds; "
+                f"per round {o['speedup_runs']}).\n")
     return (f"Latency in ms per field (fields/s: median of {o.get('repeat', 1)} passes), {o['fields']} fields, "
             f"device {o['device']} ({o['gpu'] or o['cpu']}, "
             f"{o['torch_threads']} torch threads){' fp16' if o['half'] else ''}, config {o['config']}\n\n"
