@@ -49,7 +49,7 @@ class FieldAnnotation:
 REVIEW_SCHEMA = {
     "dataset": Field(str, REQUIRED, "dataset card name the review belongs to"),
     "reviewed": Field(str, REQUIRED, "what was reviewed, by whom / how, when"),
-    "classes": Field(list, REQUIRED, "classes the review covers (all their objects were checked)"),
+    "classes": Field(list, REQUIRED, "classes the review adds or ignores (what was checked: `reviewed`)"),
     "fields": Field(dict, {}, "image file name -> {add: [{label, box}], ignore: [{label, box}], note}"),
 }
 REVIEW_FIELD_SCHEMA = {

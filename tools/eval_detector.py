@@ -42,14 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     card = load_card(args.dataset)
     gt = read_split(card, args.split)
     review = None
-    if args.review:
+    if args.review:  # checked before inference: a bad review file costs nothing
         try:
             review = load_review(args.review)
+            if review["dataset"] != card["name"]:
+                raise ConfigError(f"{args.review} reviews dataset '{review['dataset']}', not '{card['name']}'")
+            reviewed, changed = apply_review(gt, review)
         except (ConfigError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)
-            return 2
-        if review["dataset"] != card["name"]:
-            print(f"error: {args.review} reviews dataset '{review['dataset']}', not '{card['name']}'", file=sys.stderr)
             return 2
     run = Path(args.run)
     from tools.infer_field import run_once
@@ -64,16 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{card['name']} {args.split}: {m['fields']} fields, GT boxes {m['gt_boxes']}")
     _print_ap(m)
     if review is not None:
-        try:
-            reviewed, changed = apply_review(gt, review)
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
         r = coco_evaluate(reviewed, preds, card["classes"])
         r.update({"review": str(args.review), "reviewed_classes": review["classes"], "fields_changed": changed})
         m["reviewed"] = r
-        print(f"{card['name']} {args.split}, reviewed labels ({args.review}: {changed} fields changed; "
-              f"{', '.join(review['classes'])} reviewed): GT boxes {r['gt_boxes']}, ignore regions "
+        print(f"{card['name']} {args.split}, reviewed labels ({args.review}: {changed} fields changed, classes "
+              f"{', '.join(review['classes'])}): GT boxes {r['gt_boxes']}, ignore regions "
               f"{r['ignore_regions']}")
         _print_ap(r)
     (run / "detection_eval.json").write_text(json.dumps(m, indent=1))
