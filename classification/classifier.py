@@ -98,11 +98,6 @@ def _normalize_stain(x: np.ndarray, stain: dict | None) -> np.ndarray:
     return stain_normalize(x, stain["lab_mean"], stain["lab_std"])
 
 
-def _preprocess(crops: list[np.ndarray], size: int, stain: dict | None = None) -> np.ndarray:
-    """Crops -> uint8 NHWC at ``size`` (``resize_crops``; Reinhard-normalized to ``stain`` when given)."""
-    return _normalize_stain(resize_crops(crops, size), stain)
-
-
 def preprocess_key(clf) -> tuple:
     """Classifiers with equal keys take the same prepared crops (the pipeline prepares them once; classifiers of the
     same input size share the resize, see ``_CropClassifier.prepare_resized``)."""
@@ -122,7 +117,7 @@ class _CropClassifier:
     def preprocess(self, crops: list[np.ndarray]) -> np.ndarray:
         """Crops -> uint8 NHWC at the input size (border-replicated to square, then resized; stain-normalized when
         the checkpoint has a ``stain_reference``)."""
-        return _preprocess(crops, self.input_size, self.meta.get("stain_reference"))
+        return self.prepare_resized(resize_crops(crops, self.input_size))
 
     def prepare_resized(self, x: np.ndarray) -> np.ndarray:
         """``preprocess`` for crops already resized to the input size (``resize_crops``): the stain step only."""
@@ -231,8 +226,6 @@ class OnnxClassifier(_CropClassifier):
         self.name = f"{self.task}:{self.meta['arch']}@{self.input_size}:{path.name}"
 
     def _probs(self, x: np.ndarray) -> np.ndarray:
-        if not len(x):
-            return np.zeros((0, len(self.classes)), np.float32)
         out = [self.session.run(None, {"crops": np.ascontiguousarray(x[i:i + self.batch])})[0]
                for i in range(0, len(x), self.batch)]
         return np.concatenate(out).astype(np.float32)
