@@ -63,6 +63,47 @@ def mean_logit_probs(probs: list[np.ndarray]) -> np.ndarray:
     return (e / e.sum(1, keepdims=True)).astype(np.float32)
 
 
+def refinement_map(source_classes: list[str], target_classes: list[str]) -> np.ndarray:
+    """(S, T) 0/1 matrix: source class s -> the target class it is or refines (``taxonomies.refines``: wang11's
+    band_neutrophil -> pbc8's neutrophil, lymphocyte -> lymphocyte); rows of source classes without one are zero."""
+    from classification.taxonomies import refines
+
+    m = np.zeros((len(source_classes), len(target_classes)), np.float64)
+    for i, s in enumerate(source_classes):
+        for j, t in enumerate(target_classes):
+            if refines(s, t):
+                m[i, j] = 1.0
+                break
+    return m
+
+
+def fuse_probs(target: np.ndarray, target_classes: list[str], source: np.ndarray, source_classes: list[str],
+               weight: float = 1.0) -> np.ndarray:
+    """Join a finer classifier's probabilities (``source``, e.g. wang11) into a coarser one's (``target``, e.g. pbc8)
+    for the same cells: a product of experts over the target classes both know.
+
+    The source's probabilities are summed onto the target class each refines (``refinement_map``); over those shared
+    classes both distributions are renormalized, multiplied (the source's raised to ``weight``: 0 leaves the target
+    unchanged, 1 is the plain product) and renormalized to the target's own probability mass on them. Target classes
+    the source has no class for (pbc8's erythroblast and platelet) keep their probabilities; source classes without
+    a target class (wang11's blast) do not vote. Returns (N, T) float32."""
+    m = refinement_map(source_classes, target_classes)
+    shared = m.sum(0) > 0
+    if not shared.any():
+        raise ValueError(f"no class of {source_classes} refines one of {target_classes}: nothing to fuse")
+    eps = 1e-12
+    t = np.asarray(target, np.float64)
+    a = t[:, shared]
+    q = (np.asarray(source, np.float64) @ m)[:, shared]
+    mass = a.sum(1, keepdims=True)
+    log_r = (np.log(a / np.clip(mass, eps, None) + eps)
+             + weight * np.log(q / np.clip(q.sum(1, keepdims=True), eps, None) + eps))
+    r = np.exp(log_r - log_r.max(1, keepdims=True))
+    out = t.copy()
+    out[:, shared] = r / r.sum(1, keepdims=True) * mass
+    return out.astype(np.float32)
+
+
 def load_classifier(weights, device: str = "cpu", batch: int = 64, half: bool = False, tta: int = 1,
                     tta_below: float = 1.0):
     """A ``Classifier`` (``.pt`` checkpoint) or ``OnnxClassifier`` (``.onnx`` export) for ``weights``; ``tta`` /

@@ -5,6 +5,10 @@ with ``when`` only sees cells whose current label is in that list. A later stage
 when it refines it (``segmented_neutrophil`` refines ``neutrophil``, ``covid_rl`` refines ``lymphocyte``) or is more
 confident; the cell's final ``label`` is that verdict, or ``unidentified`` when its probability is under the deciding
 classifier's ``min_confidence``. Every stage that saw a cell leaves its own entry in ``cell.classes``.
+
+Fusion: a stage with ``fuse_into: TASK`` also votes on an earlier stage's verdict: on the cells both saw, that
+stage's entry becomes the product of experts of the two (``classification.classifier.fuse_probs``: wang11's
+probabilities summed onto the pbc8 classes they refine). The run's ``versions`` say which entries are fused.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ STAGE_SCHEMA = {
     "weights": Field(str, None, "override the classifier config's weights"),
     "tta": Field(int, None, "override the classifier config's tta (test-time views: 1, 2, 4, 8)"),
     "tta_below": Field(float, None, "override the classifier config's tta_below"),
+    "fuse_into": Field(str, None, "task of an earlier stage whose verdict this stage's probabilities join "
+                                  "(classification.classifier.fuse_probs), e.g. wang11 into pbc8"),
+    "fuse_weight": Field(float, 1.0, "weight of this stage's vote in fuse_into (0 = none, 1 = plain product)"),
 }
 
 UNIDENTIFIED = "unidentified"
@@ -62,10 +69,27 @@ def load_pipeline_config(path) -> dict:
             if st[key] is not None:
                 st["cfg"][key] = st[key]
         check_tta(st["cfg"]["tta"], st["cfg"]["tta_below"], f"{path}: classifiers[{i}]")
+        if st["fuse_into"] is not None:
+            check_fusion(st, stages, f"{path}: classifiers[{i}]")
         stages.append(st)
     cfg["classifiers"] = stages
     cfg["differential"] = validate(cfg["differential"], DIFFERENTIAL_SCHEMA, f"{path}: differential")
     return cfg
+
+
+def check_fusion(st: dict, earlier: list[dict], where: str) -> None:
+    """Raise ``ConfigError`` unless ``st['fuse_into']`` names an earlier stage's task that shares classes with it."""
+    from classification.classifier import refinement_map
+    from classification.taxonomies import check_task
+
+    tasks = [e["cfg"]["task"] for e in earlier]
+    if st["fuse_into"] not in tasks:
+        raise ConfigError(f"{where}: fuse_into '{st['fuse_into']}' is not the task of an earlier stage ({tasks})")
+    if st["fuse_weight"] < 0:
+        raise ConfigError(f"{where}: fuse_weight must be >= 0, not {st['fuse_weight']}")
+    if not refinement_map(check_task(st["cfg"]["task"]), check_task(st["fuse_into"])).any():
+        raise ConfigError(f"{where}: no class of {st['cfg']['task']} is or refines a class of {st['fuse_into']}: "
+                          "nothing to fuse")
 
 
 @dataclass
@@ -76,6 +100,13 @@ class Stage:
     classifier: object
     when: set | None
     min_confidence: float
+    fuse_into: str | None = None
+    fuse_weight: float = 1.0
+
+
+def _task_result(classes: list[str], p: np.ndarray) -> TaskResult:
+    k = int(p.argmax())
+    return TaskResult(classes[k], round(float(p[k]), 4), {c: round(float(v), 4) for c, v in zip(classes, p)})
 
 
 class Pipeline:
@@ -106,7 +137,13 @@ class Pipeline:
                                         "'optional: true' to run without it)")
             clf = load_classifier(w, device=device, batch=c["batch"], half=half, tta=c["tta"],
                                   tta_below=c["tta_below"])
-            self.stages.append(Stage(clf.task, clf, set(st["when"]) if st["when"] else None, c["min_confidence"]))
+            fuse = st["fuse_into"]
+            if fuse is not None and fuse not in {s.task for s in self.stages}:
+                self.skipped.append(f"{clf.task} -> {fuse} fusion: no {fuse} stage")
+                log(f"note: {clf.task} not fused into {fuse} (that stage was skipped)")
+                fuse = None
+            self.stages.append(Stage(clf.task, clf, set(st["when"]) if st["when"] else None, c["min_confidence"],
+                                     fuse, st["fuse_weight"]))
         from importlib.metadata import PackageNotFoundError, version
 
         try:
@@ -115,6 +152,9 @@ class Pipeline:
             own = "dev"
         self.versions = {"leukodiff": own, "torch": torch.__version__,
                          **{s.task: s.classifier.name for s in self.stages}}
+        for s in self.stages:
+            if s.fuse_into:
+                self.versions[s.fuse_into] += f" + {s.task} fused (weight {s.fuse_weight:g})"
         det_cfg = {**cfg["detector_cfg"], "half": cfg["detector_cfg"]["half"] or half}  # --half reaches it too
         self._build_detector = lambda: build_detector(det_cfg, device)
 
@@ -132,10 +172,20 @@ class Pipeline:
         n = len(crops)
         current: list[tuple[str, float, float] | None] = [None] * n  # (label, score, min_confidence)
         per_cell: list[dict] = [{} for _ in range(n)]
+        raw: list[dict] = [{} for _ in range(n)]  # task -> unrounded probabilities, for fusion
         prepared: dict[tuple, np.ndarray] = {}
         resized: dict[int, np.ndarray] = {}
-        from classification.classifier import preprocess_key, resize_crops
+        from classification.classifier import fuse_probs, preprocess_key, resize_crops
         from classification.taxonomies import refines
+
+        stage_of = {st.task: st for st in self.stages}
+
+        def verdict(i: int) -> tuple[str, float, float]:  # the cascade's current (label, score, min_confidence)
+            cur = None
+            for task, r in per_cell[i].items():
+                if cur is None or refines(r.label, cur[0]) or r.score > cur[1]:
+                    cur = (r.label, r.score, stage_of[task].min_confidence)
+            return cur
 
         for st in self.stages:
             idx = [i for i in range(n) if st.when is None or (current[i] is not None and current[i][0] in st.when)]
@@ -150,13 +200,17 @@ class Pipeline:
                 prepared[key] = clf.prepare_resized(resized[size])
             probs = clf.classify_prepared(prepared[key][idx])
             for j, i in enumerate(idx):
-                k = int(probs[j].argmax())
-                label, score = clf.classes[k], float(probs[j, k])
-                per_cell[i][st.task] = TaskResult(label, round(score, 4),
-                                                  {c: round(float(p), 4) for c, p in zip(clf.classes, probs[j])})
-                cur = current[i]
-                if cur is None or refines(label, cur[0]) or score > cur[1]:
-                    current[i] = (label, score, st.min_confidence)
+                per_cell[i][st.task], raw[i][st.task] = _task_result(clf.classes, probs[j]), probs[j]
+            if st.fuse_into:  # this stage's vote joins an earlier stage's verdict on the cells both saw
+                tgt = stage_of[st.fuse_into].classifier
+                both = [j for j, i in enumerate(idx) if st.fuse_into in raw[i]]
+                if both:
+                    own = np.stack([raw[idx[j]][st.fuse_into] for j in both])
+                    fused = fuse_probs(own, tgt.classes, probs[both], clf.classes, st.fuse_weight)
+                    for j, p in zip(both, fused):
+                        per_cell[idx[j]][st.fuse_into] = _task_result(tgt.classes, p)
+            for i in idx:
+                current[i] = verdict(i)
         out = []
         for i in range(n):
             if current[i] is None:

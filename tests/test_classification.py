@@ -330,6 +330,74 @@ def test_cascade_refines_routes_and_marks_unidentified():
     assert label == "unidentified" and classes["pbc8"].label == "monocyte" and score == pytest.approx(0.4)
 
 
+def test_fuse_probs_is_a_product_of_experts_over_shared_classes():
+    from classification.classifier import fuse_probs, refinement_map
+
+    c8, c11 = TAXONOMIES["pbc8"], TAXONOMIES["wang11"]
+    m = refinement_map(c11, c8)
+    assert m[c11.index("band_neutrophil"), c8.index("neutrophil")] == 1 and m[c11.index("blast")].sum() == 0
+    assert m[c11.index("reactive_lymphocyte"), c8.index("lymphocyte")] == 1 and m.sum() == 10
+    p8 = np.zeros(8)
+    p8[[c8.index(c) for c in ("basophil", "ig", "erythroblast", "neutrophil")]] = [0.5, 0.3, 0.1, 0.1]
+    p11 = np.zeros(11)
+    p11[[c11.index(c) for c in ("myelocyte", "promyelocyte", "basophil", "band_neutrophil", "blast")]] = [
+        0.5, 0.2, 0.1, 0.1, 0.1]
+    assert np.allclose(fuse_probs(p8[None], c8, p11[None], c11, 0.0)[0], p8)
+    f = fuse_probs(p8[None], c8, p11[None], c11, 1.0)[0]
+    # shared classes: target mass 0.9 split as a * q (q: ig 0.7, basophil 0.1, neutrophil 0.1; blast does not vote)
+    a = {"basophil": 0.5 * 0.1 / 0.9, "ig": 0.3 * 0.7 / 0.9, "neutrophil": 0.1 * 0.1 / 0.9}
+    z = sum(a.values())
+    for c, v in a.items():
+        assert f[c8.index(c)] == pytest.approx(0.9 * v / z, rel=1e-5)
+    assert f[c8.index("erythroblast")] == pytest.approx(0.1) and f.sum() == pytest.approx(1.0)
+    assert c8[int(f.argmax())] == "ig" and c8[int(p8.argmax())] == "basophil"
+    half = fuse_probs(p8[None], c8, p11[None], c11, 0.5)[0]
+    assert f[c8.index("ig")] > half[c8.index("ig")] > p8[c8.index("ig")]
+    with pytest.raises(ValueError, match="nothing to fuse"):
+        fuse_probs(np.ones((1, 2)) / 2, ["a", "b"], np.ones((1, 1)), ["c"])
+
+
+def test_cascade_fuses_a_later_stage_into_an_earlier_verdict(tmp_path):
+    from conftest import ROOT
+    from pipelines.config import ConfigError
+    from pipelines.pipeline import load_pipeline_config
+
+    crops = [np.zeros((20, 20, 3), np.uint8)]
+    c8, c11 = TAXONOMIES["pbc8"], TAXONOMIES["wang11"]
+    p8 = np.full(8, 0.01)
+    p8[c8.index("basophil")], p8[c8.index("ig")] = 0.55, 0.39
+    p11 = np.full(11, 0.01)
+    p11[c11.index("metamyelocyte")] = 0.9
+    plain = _pipeline([("pbc8", p8, None, 0.5), ("wang11", p11, None, 0.5)])
+    [(label, _, classes)], _ = plain.classify(crops)
+    assert classes["pbc8"].label == "basophil" and label == "metamyelocyte"
+    fused = _pipeline([("pbc8", p8, None, 0.5), ("wang11", p11, None, 0.5)])
+    fused.stages[1].fuse_into, fused.stages[1].fuse_weight = "pbc8", 1.0
+    [(label, _, classes)], _ = fused.classify(crops)
+    assert classes["pbc8"].label == "ig" and classes["pbc8"].score > 0.9 and label == "metamyelocyte"
+    assert classes["wang11"].probs == plain.classify(crops)[0][0][2]["wang11"].probs  # the voter is unchanged
+    # a later stage routed by the fused verdict: covid_rl only sees lymphoid cells
+    p8 = np.full(8, 0.01)
+    p8[c8.index("monocyte")], p8[c8.index("lymphocyte")] = 0.5, 0.44
+    p11 = np.full(11, 0.01)
+    p11[c11.index("lymphocyte")] = 0.9
+    pipe = _pipeline([("pbc8", p8, None, 0.5), ("wang11", p11, {"monocyte", "lymphocyte"}, 0.5),
+                      ("covid_rl", _one_hot("covid_rl", "normal_lymphocyte", 0.9), {"lymphocyte"}, 0.5)])
+    pipe.stages[1].fuse_into = "pbc8"
+    [(label, _, classes)], _ = pipe.classify(crops)
+    assert classes["pbc8"].label == "lymphocyte" and label == "normal_lymphocyte" and "covid_rl" in classes
+    # config: fuse_into must name an earlier stage
+    text = (ROOT / "configs" / "pipeline" / "default.yaml").read_text()
+    assert "fuse_into: pbc8" in text
+    cfg = load_pipeline_config(ROOT / "configs" / "pipeline" / "default.yaml")
+    assert [st["fuse_into"] for st in cfg["classifiers"]][:2] == [None, "pbc8"]
+    for old, bad, match in (("fuse_into: pbc8", "fuse_into: wang11", "not the task of an earlier stage"),
+                            ("fuse_weight: 0.75", "fuse_weight: -1", "fuse_weight must be >= 0")):
+        (tmp_path / "bad.yaml").write_text(text.replace(old, bad))
+        with pytest.raises(ConfigError, match=match):
+            load_pipeline_config(tmp_path / "bad.yaml")
+
+
 @pytest.mark.realdata
 def test_cascade_shares_the_resize_and_keeps_each_stain_reference(tmp_path):
     """Stages of one input size share the resized crops; each still gets its own stain normalization, so the cascade
