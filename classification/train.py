@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.config import Field, REQUIRED, validate
+from pipelines.config import ConfigError, Field, REQUIRED, validate
 
 CLASSIFIER_SCHEMA = {
     "task": Field(str, REQUIRED, "taxonomy: pbc8 | wang11 | covid_rl"),
@@ -42,6 +42,12 @@ TRAIN_SCHEMA = {
     "warmup_epochs": Field(float, 1.0, "linear warm-up before cosine decay"),
     "label_smoothing": Field(float, 0.05, "cross-entropy label smoothing"),
     "balance": Field(float, 1.0, "oversampling exponent: sample weight = count^-balance (0 = natural, 1 = balanced)"),
+    "balance_by": Field(str, "class", "what balance counts: 'class', or 'class_source': every (class, source "
+                                      "laboratory) group gets the same share, harmonized copies counted with the "
+                                      "laboratory they are made to look like; so that within one laboratory's look "
+                                      "no class is favoured because another laboratory also provides it"),
+    "select_on": Field(str, "accuracy", "val metric for early stopping and the kept checkpoint: 'accuracy' or "
+                                        "'mean_class_accuracy'"),
     "patience": Field(int, 6, "early stopping: epochs without val accuracy gain"),
     "seed": Field(int, 0, "random seed (numpy, torch, sampling)"),
     "threads": Field(int, 0, "torch CPU threads (0 = torch default)"),
@@ -163,9 +169,26 @@ def predict_logits(model, x_uint8: np.ndarray, batch: int = 256) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
+def sample_weights(y: np.ndarray, groups: np.ndarray | None, balance: float) -> np.ndarray:
+    """Sampling probabilities: ``count^-balance`` of each sample's class, or of its (class, group) when ``groups``
+    is given (then, at balance 1, every (class, group) pair gets the same share)."""
+    key = y.astype(str) if groups is None else np.char.add(np.char.add(y.astype(str), "|"), groups.astype(str))
+    _, inv, n = np.unique(key, return_inverse=True, return_counts=True)
+    w = n[inv].astype(np.float64) ** -balance
+    return w / w.sum()
+
+
+def val_score(pred: np.ndarray, y: np.ndarray, metric: str) -> float:
+    """Model selection score on val: overall accuracy or the mean of the per-class accuracies of present classes."""
+    if metric == "accuracy":
+        return float((pred == y).mean())
+    return float(np.mean([(pred[y == k] == k).mean() for k in np.unique(y)]))
+
+
 def train_classifier(cfg: dict, out: Path, data: dict, resume: bool = False, log=print) -> dict:
     """Train ``cfg`` (CLASSIFIER_SCHEMA) on ``data`` = ``{"train": (x, y), "val": (x, y), "test": (x, y) | None}``
-    (uint8 NHWC at the input size, int64 labels). Writes the checkpoint with temperature and metrics to ``out`` and
+    (uint8 NHWC at the input size, int64 labels; ``"train_groups"``: each train sample's source laboratory, needed by
+    ``balance_by: class_source``). Writes the checkpoint with temperature and metrics to ``out`` and
     returns its metrics."""
     import torch
 
@@ -174,6 +197,11 @@ def train_classifier(cfg: dict, out: Path, data: dict, resume: bool = False, log
     from classification.taxonomies import check_task
 
     t = validate(cfg["train"], TRAIN_SCHEMA, "classifier train")
+    if t["balance_by"] not in ("class", "class_source"):
+        raise ConfigError(f"classifier train: balance_by must be 'class' or 'class_source', not {t['balance_by']!r}")
+    if t["select_on"] not in ("accuracy", "mean_class_accuracy"):
+        raise ConfigError(f"classifier train: select_on must be 'accuracy' or 'mean_class_accuracy', "
+                          f"not {t['select_on']!r}")
     classes = check_task(cfg["task"])
     size = cfg["input_size"] or BACKBONES[cfg["arch"]][2]
     if t["threads"]:
@@ -205,8 +233,9 @@ def train_classifier(cfg: dict, out: Path, data: dict, resume: bool = False, log
         return t["lr"] * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total_steps - warm)))
 
     counts = np.bincount(ytr, minlength=len(classes)).astype(np.float64)
-    w = np.where(counts[ytr] > 0, counts[ytr], 1.0) ** -t["balance"]
-    w /= w.sum()
+    w = sample_weights(ytr, data.get("train_groups") if t["balance_by"] == "class_source" else None, t["balance"])
+    if t["balance_by"] == "class_source" and data.get("train_groups") is None:
+        raise ValueError("balance_by: class_source needs the train samples' sources (data['train_groups'])")
     run = Path(t["run_dir"])
     run.mkdir(parents=True, exist_ok=True)
     last, best_path = run / "last.pt", run / "best.pt"
@@ -218,7 +247,7 @@ def train_classifier(cfg: dict, out: Path, data: dict, resume: bool = False, log
         start, best_acc, stale, step, history = st["epoch"] + 1, st["best_acc"], st["stale"], st["step"], st["history"]
         rng = np.random.default_rng(t["seed"] + start)
         gen.manual_seed(t["seed"] + start)
-        log(f"resumed at epoch {start + 1}, best val accuracy {best_acc:.4f}")
+        log(f"resumed at epoch {start + 1}, best val {t['select_on']} {best_acc:.4f}")
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=t["label_smoothing"])
     t_start = time.time()
     for epoch in range(start, t["epochs"]):
@@ -241,9 +270,12 @@ def train_classifier(cfg: dict, out: Path, data: dict, resume: bool = False, log
             correct += int((logits.argmax(1) == y).sum())
             if s % 50 == 0:
                 log(f"epoch {epoch + 1} step {s}/{steps_per_epoch} loss {tot / (s + 1):.4f}")
-        val_acc = float((predict_logits(model, xva).argmax(1) == yva).mean())
+        pred = predict_logits(model, xva).argmax(1)
+        scores = {m: val_score(pred, yva, m) for m in ("accuracy", "mean_class_accuracy")}
+        val_acc = scores[t["select_on"]]  # the selection score
         rec = {"epoch": epoch + 1, "loss": round(tot / steps_per_epoch, 4),
-               "train_acc": round(correct / (steps_per_epoch * t["batch"]), 4), "val_acc": round(val_acc, 4),
+               "train_acc": round(correct / (steps_per_epoch * t["batch"]), 4),
+               "val_acc": round(scores["accuracy"], 4), "val_mean_class": round(scores["mean_class_accuracy"], 4),
                "s": round(time.time() - t0, 1)}
         history.append(rec)
         log(json.dumps(rec))

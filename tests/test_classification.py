@@ -392,7 +392,7 @@ def test_cascade_fuses_a_later_stage_into_an_earlier_verdict(tmp_path):
     cfg = load_pipeline_config(ROOT / "configs" / "pipeline" / "default.yaml")
     assert [st["fuse_into"] for st in cfg["classifiers"]][:2] == [None, "pbc8"]
     for old, bad, match in (("fuse_into: pbc8", "fuse_into: wang11", "not the task of an earlier stage"),
-                            ("fuse_weight: 0.75", "fuse_weight: -1", "fuse_weight must be >= 0")):
+                            ("fuse_weight: 0.5", "fuse_weight: -1", "fuse_weight must be >= 0")):
         (tmp_path / "bad.yaml").write_text(text.replace(old, bad))
         with pytest.raises(ConfigError, match=match):
             load_pipeline_config(tmp_path / "bad.yaml")
@@ -448,3 +448,22 @@ def test_harmonize_matches_reference_colour_and_keeps_size():
     assert out.shape == src.shape and out.dtype == np.uint8
     m2, _ = lab_stats([harmonize(src, mean, std, zoom=1.0)])
     assert np.abs(m2 - mean).max() < 3  # the colour statistics moved onto the reference's
+
+
+def test_sample_weights_balance_classes_or_class_source_groups():
+    from classification.train import sample_weights, val_score
+
+    # class 0: 2 samples of lab a + 6 of lab b; class 1: 4 of lab a
+    y = np.array([0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1])
+    g = np.array(["a", "a", "b", "b", "b", "b", "b", "b", "a", "a", "a", "a"])
+    w = sample_weights(y, None, 1.0)
+    assert w[y == 0].sum() == pytest.approx(0.5) and np.allclose(w[y == 0], w[0])
+    assert np.allclose(sample_weights(y, None, 0.0), 1 / 12)
+    wg = sample_weights(y, g, 1.0)  # three (class, lab) groups, a third each
+    for cls, lab in ((0, "a"), (0, "b"), (1, "a")):
+        assert wg[(y == cls) & (g == lab)].sum() == pytest.approx(1 / 3)
+    # within lab a's look, class 0 and class 1 now have the same share (by class only: 0.125 vs 0.5)
+    assert wg[(y == 0) & (g == "a")].sum() == pytest.approx(wg[(y == 1) & (g == "a")].sum())
+    pred = np.array([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1])
+    assert val_score(pred, y, "accuracy") == pytest.approx(10 / 12)
+    assert val_score(pred, y, "mean_class_accuracy") == pytest.approx((1 + 0.5) / 2)

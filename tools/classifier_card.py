@@ -2,8 +2,8 @@
 """Write the model card (Markdown, next to the weights) of a classifier checkpoint from what it carries:
 taxonomy, input size, normalization, temperature, training config and history, val/test metrics.
 
-  python tools/classifier_card.py classification/weights/pbc8_shufflenet160.pt \
-      --command "tools/train_classifier.py --config configs/classifier/pbc8_shufflenet160.yaml" [--note TEXT]
+  python tools/classifier_card.py classification/weights/pbc8_shufflenet192.pt \
+      --command "tools/train_classifier.py --config configs/classifier/pbc8_shufflenet192.yaml" [--note TEXT]
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=5151)
     ap.add_argument("--address", default="127.0.0.1")
     ap.add_argument("--embeddings", nargs="?", metavar="WEIGHTS",
-                    const=str(ROOT / "classification" / "weights" / "pbc8_shufflenet160.pt"),
+                    const=str(ROOT / "classification" / "weights" / "pbc8_shufflenet192.pt"),
                     help="add an embeddings map of the classified cells (brain key cell_embeddings) from a classifier "
                          "checkpoint's features (default: the shipped pbc8)")
     ap.add_argument("--embeddings-method", choices=["tsne", "pca"], default="tsne")

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Train a cell classifier from its config:
-``python tools/train_classifier.py --config configs/classifier/pbc8_shufflenet160.yaml``.
+``python tools/train_classifier.py --config configs/classifier/pbc8_shufflenet192.yaml``.
 
 Data: the task's public sources in ../shared/data (pbc8: PBC; wang11: PBC fine labels + lmu_aml), the fixed splits
 (train to fit, val for early stopping and temperature scaling, test only for the final figure), or your own
@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from classification.classifier import check_classifier_config
-    from classification.data import harmonized_array, load_array, load_folder_samples, load_samples
+    import numpy as np
+
+    from classification.data import harmonized_array, load_array, load_folder_samples, load_samples, source_of
     from classification.metrics import format_report
     from classification.models import BACKBONES
     from classification.taxonomies import check_task
@@ -61,14 +63,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: no {split} samples for task {cfg['task']}", file=sys.stderr)
             return 2
         data[split] = load_array(samples, classes, size, progress=True) if samples else None
+        groups = np.array([source_of(p) or "own" for p, _ in samples])  # harmonized copies: their reference's
         print(f"{split}: {len(samples)} samples", flush=True)
         if split != "test" and tcfg.get("harmonize"):
-            import numpy as np
-
             for source, reference in tcfg["harmonize"].items():
                 hx, hy = harmonized_array(samples, classes, size, source, reference)
                 data[split] = (np.concatenate([data[split][0], hx]), np.concatenate([data[split][1], hy]))
+                groups = np.concatenate([groups, np.full(len(hy), reference)])
                 print(f"{split}: + {len(hy)} {source} images harmonized to {reference}", flush=True)
+        if split == "train":
+            data["train_groups"] = groups
     metrics = train_classifier(cfg, out, data, resume=args.resume, log=lambda m: print(m, flush=True))
     Path(out).with_suffix(".metrics.json").write_text(json.dumps(metrics, indent=1))
     for split in ("val", "test"):
