@@ -48,7 +48,7 @@ TRAIN_SCHEMA = {
                                       "no class is favoured because another laboratory also provides it"),
     "select_on": Field(str, "accuracy", "val metric for early stopping and the kept checkpoint: 'accuracy' or "
                                         "'mean_class_accuracy'"),
-    "patience": Field(int, 6, "early stopping: epochs without val accuracy gain"),
+    "patience": Field(int, 6, "early stopping: epochs without a gain of the val select_on score"),
     "seed": Field(int, 0, "random seed (numpy, torch, sampling)"),
     "threads": Field(int, 0, "torch CPU threads (0 = torch default)"),
     "rotate": Field(bool, True, "random rotation by any angle (cells have no orientation)"),
@@ -233,9 +233,10 @@ def train_classifier(cfg: dict, out: Path, data: dict, resume: bool = False, log
         return t["lr"] * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total_steps - warm)))
 
     counts = np.bincount(ytr, minlength=len(classes)).astype(np.float64)
-    w = sample_weights(ytr, data.get("train_groups") if t["balance_by"] == "class_source" else None, t["balance"])
-    if t["balance_by"] == "class_source" and data.get("train_groups") is None:
+    groups = data.get("train_groups") if t["balance_by"] == "class_source" else None
+    if t["balance_by"] == "class_source" and groups is None:
         raise ValueError("balance_by: class_source needs the train samples' sources (data['train_groups'])")
+    w = sample_weights(ytr, groups, t["balance"])
     run = Path(t["run_dir"])
     run.mkdir(parents=True, exist_ok=True)
     last, best_path = run / "last.pt", run / "best.pt"

@@ -28,9 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="use at most N samples per split (smoke runs)")
     args = ap.parse_args(argv)
 
-    from classification.classifier import check_classifier_config
     import numpy as np
 
+    from classification.classifier import check_classifier_config
     from classification.data import harmonized_array, load_array, load_folder_samples, load_samples, source_of
     from classification.metrics import format_report
     from classification.models import BACKBONES
