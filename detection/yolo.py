@@ -145,13 +145,13 @@ class YoloDetector:
         self.model = (model.half() if self.half else model).to(self.device)
         self.name = f"yolo:{Path(cfg['weights'] or cfg['model']).name}@{cfg['imgsz']}"
 
-    def detect(self, images: list[np.ndarray]) -> list[Detections]:
-        """See the ``detection`` module contract."""
+    def detect(self, images: list[np.ndarray], imgsz: int | None = None) -> list[Detections]:
+        """See the ``detection`` module contract; ``imgsz`` overrides the config's input size (multiple of 32)."""
         import torch
 
         if not images:
             return []
-        batch, metas = preprocess(images, self.cfg["imgsz"], self.cfg["rect"])
+        batch, metas = preprocess(images, imgsz or self.cfg["imgsz"], self.cfg["rect"])
         x = torch.from_numpy(batch).to(self.device)
         with torch.inference_mode():
             y = self.model(x.half() if self.half else x)
@@ -182,11 +182,11 @@ class OnnxYoloDetector:
         self.input_name = self.session.get_inputs()[0].name
         self.name = f"onnx:{path.name}@{cfg['imgsz']}"
 
-    def detect(self, images: list[np.ndarray]) -> list[Detections]:
-        """See the ``detection`` module contract."""
+    def detect(self, images: list[np.ndarray], imgsz: int | None = None) -> list[Detections]:
+        """See the ``detection`` module contract; ``imgsz`` overrides the config's input size (multiple of 32)."""
         if not images:
             return []
-        batch, metas = preprocess(images, self.cfg["imgsz"], self.cfg["rect"])
+        batch, metas = preprocess(images, imgsz or self.cfg["imgsz"], self.cfg["rect"])
         raw = self.session.run(None, {self.input_name: batch})[0]
         return decode(raw, self.classes, metas, self.cfg["conf"], self.cfg["iou"], self.cfg["max_det"])
 

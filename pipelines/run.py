@@ -221,6 +221,7 @@ def _infer(items, pipeline, opts) -> dict[str, tuple[FieldResult, dict[int, np.n
     """Detect, crop and classify a batch of decoded fields; returns per field id its result and its crops."""
     n = len(items)
     images = [img for _, img, _ in items]
+    dets = [None] * n
     if opts.cells_mode:
         det_ms = 0.0
         per_field = []
@@ -243,7 +244,7 @@ def _infer(items, pipeline, opts) -> dict[str, tuple[FieldResult, dict[int, np.n
     verdicts, cls_ms = pipeline.classify(all_crops) if all_crops and pipeline.stages else \
         ([(None, None, {})] * len(all_crops), 0.0)
     out, v = {}, 0
-    for (f, img, dec_ms), (cells, crops, idx), cms in zip(items, per_field, crop_ms):
+    for (f, img, dec_ms), (cells, crops, idx), cms, det in zip(items, per_field, crop_ms, dets):
         crop_by_cell = {}
         for j, ci in enumerate(idx):
             label, score, classes = verdicts[v]
@@ -255,6 +256,9 @@ def _infer(items, pipeline, opts) -> dict[str, tuple[FieldResult, dict[int, np.n
         h, w = img.shape[:2]
         timings = {"decode": round(dec_ms, 2), "detect": round(det_ms / n, 2), "crop": round(cms, 2),
                    "classify": round(cls_ms / n, 2)}
-        out[f.field_id] = (FieldResult(f.field_id, str(f.path), f.smear_id, w, h, cells, timings, None,
-                                       dict(pipeline.versions)), crop_by_cell)
+        versions = dict(pipeline.versions)
+        if det is not None and det.imgsz and det.imgsz != getattr(pipeline.detector, "imgsz", det.imgsz):
+            versions["detector"] += f" (this field at {det.imgsz} px: small cells)"  # auto_scale chose it
+        out[f.field_id] = (FieldResult(f.field_id, str(f.path), f.smear_id, w, h, cells, timings, None, versions),
+                           crop_by_cell)
     return out

@@ -260,3 +260,104 @@ def test_lower_magnification_mosaic_keeps_every_box(tmp_path):
     assert im7.shape == (100, 200, 3) and all(b[2] <= 200 and b[3] <= 100 for b in boxes7)
     pale, q = apply_shift(np.full((8, 8, 3), (200, 100, 50), np.uint8), "pale")
     assert q == 92 and pale.std(axis=2).mean() < np.array([200, 100, 50]).std()
+
+
+def _dets(boxes, labels, scores):
+    return Detections(np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32), tuple(labels))
+
+
+def _scale_cfg(**kw):
+    from detection import check_detector_config
+
+    return check_detector_config({"backend": "onnx", "model": "x.onnx", "imgsz": 320, "auto_scale": True, **kw})
+
+
+def test_field_scale_size_measures_red_cells_on_the_input():
+    from detection import field_scale_size
+
+    cfg = _scale_cfg()  # below 40 px -> 60 px, at most 640
+    # 640 px wide field at 320: factor 0.5. Red cells 100 px -> 50 px on the input: training scale, kept.
+    big = _dets([[0, 0, 100, 100]] * 5, ["RBC"] * 5, [0.9] * 5)
+    assert field_scale_size(big, (480, 640), 320, cfg) == (320, 50.0)
+    # 60 px -> 30 px on the input: half magnification -> 320 * 60 / 30 = 640
+    small = _dets([[0, 0, 60, 60]] * 5, ["RBC"] * 5, [0.9] * 5)
+    assert field_scale_size(small, (480, 640), 320, cfg) == (640, 30.0)
+    # 70 px -> 35 px: 320 * 60 / 35 = 548.6 -> rounded up to a multiple of 32
+    assert field_scale_size(_dets([[0, 0, 70, 70]] * 3, ["RBC"] * 3, [0.9] * 3), (480, 640), 320, cfg)[0] == 576
+    # tiny cells: capped at max_imgsz
+    tiny = _dets([[0, 0, 10, 10]] * 5, ["RBC"] * 5, [0.9] * 5)
+    assert field_scale_size(tiny, (480, 640), 320, _scale_cfg(max_imgsz=512))[0] == 512
+    # other classes and unconfident boxes do not measure; too few boxes: keep the first pass
+    mixed = _dets([[0, 0, 10, 10]] * 4 + [[0, 0, 100, 100]] * 2, ["WBC"] * 2 + ["RBC"] * 2 + ["RBC"] * 2,
+                  [0.9, 0.9, 0.1, 0.2, 0.9, 0.9])
+    assert field_scale_size(mixed, (480, 640), 320, cfg) == (320, None)
+    assert field_scale_size(Detections(), (480, 640), 320, cfg) == (320, None)
+    assert field_scale_size(mixed, (480, 640), 320, _scale_cfg(scale_min_boxes=2)) == (320, 50.0)
+
+
+def test_auto_scale_detects_small_cell_fields_again():
+    from detection import AutoScaleDetector
+
+    class Fake:  # red cells 60 px wide in the field whose pixel (0, 0) is 1, 100 px elsewhere
+        name, classes, calls = "fake@320", ["WBC", "RBC", "Platelets"], []
+
+        def detect(self, images, imgsz=None):
+            self.calls.append((len(images), imgsz))
+            w = [60.0 if im[0, 0, 0] == 1 else 100.0 for im in images]
+            return [_dets([[0, 0, s, s]] * 4, ["RBC"] * 4, [0.9] * 4) if imgsz is None
+                    else _dets([[1, 1, 5, 5]], ["Platelets"], [0.5]) for s in w]
+
+    det = AutoScaleDetector(Fake(), _scale_cfg())
+    imgs = [np.zeros((480, 640, 3), np.uint8), np.ones((480, 640, 3), np.uint8), np.zeros((480, 640, 3), np.uint8)]
+    out = det.detect(imgs)
+    assert Fake.calls == [(3, None), (1, 640)]  # only the small-cell field runs again, at 320 * 60 / 30
+    assert [d.imgsz for d in out] == [320, 640, 320]
+    assert out[1].labels == ("Platelets",) and out[0].labels == ("RBC",) * 4
+    assert det.detect([]) == [] and "auto-scale<=640" in det.name
+
+
+def test_auto_scale_config_errors():
+    with pytest.raises(ConfigError, match="ssd300 always runs at 300"):
+        build_detector({"backend": "ssd300", "model": "ssd300_vgg16", "imgsz": 300, "auto_scale": True})
+    with pytest.raises(ConfigError, match="scale_label 'RBCs' is not one of"):
+        _scale_cfg(scale_label="RBCs")
+    with pytest.raises(ConfigError, match="max_imgsz must be a multiple of 32 and >= imgsz"):
+        _scale_cfg(max_imgsz=256)
+    with pytest.raises(ConfigError, match="scale_below_px <= scale_target_px"):
+        _scale_cfg(scale_below_px=70.0)
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        build_detector({"backend": "yolo", "model": "yolov8n.yaml", "imgsz": 300})
+
+
+def test_tiny_yolo_runs_at_another_input_size(tiny_yolo_cfg):
+    det = build_detector({**tiny_yolo_cfg, "rect": True})
+    img = np.zeros((120, 160, 3), np.uint8)
+    a, b = det.detect([img])[0], det.detect([img], imgsz=128)[0]
+    assert a.xyxy.shape == (len(a), 4) and b.xyxy.shape == (len(b), 4)
+    assert (b.xyxy[:, [0, 2]] <= 160).all() and (b.xyxy[:, [1, 3]] <= 120).all()
+
+
+@pytest.mark.realdata
+def test_default_detector_adapts_to_half_magnification(data_root):
+    """The shipped detector config: BCCD test fields at their own magnification stay at 320 px; a half
+    magnification mosaic of four of them is detected again at a larger size and its leukocytes are found."""
+    from detection import check_detector_config
+    from detection.data import load_card, read_split
+    from pipelines.config import REPO_ROOT, load_yaml
+    from pipelines.io import read_image
+    from tools.eval_robustness import mosaic
+
+    cfg = check_detector_config(load_yaml(REPO_ROOT / "configs" / "detector" / "yolov8n_320_int8.yaml"))
+    assert cfg["auto_scale"]
+    det = build_detector(cfg)
+    test = read_split(load_card("bccd"), "test")[:4]
+    normal = det.detect([read_image(r.path) for r in test])
+    assert [d.imgsz for d in normal] == [320] * 4
+    im, boxes, labels = mosaic(test, 0, 0.5)
+    small = det.detect([im])[0]
+    assert small.imgsz >= 576
+    from detection.yolo import box_iou
+
+    wbc = [b for b, lab in zip(boxes, labels) if lab == "WBC"]
+    found = small.xyxy[[lab == "WBC" for lab in small.labels]]
+    assert wbc and all(len(found) and box_iou(np.asarray(b, np.float32), found).max() >= 0.5 for b in wbc)
