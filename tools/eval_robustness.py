@@ -8,7 +8,8 @@ tools/infer_field.py and scored against the transformed ground truth (pycocotool
       --detector configs/detector/yolov8n_480_int8.yaml
 
 Shifts: none (re-encoded only); mag0.5 (half the magnification: the field of view doubles, cells get smaller in
-the same-size image: a 2x2 mosaic of four split images at half size); hue+12 / hue-12 (stain hue rotated by 12
+the same-size image: a 2x2 mosaic of four split images at half size; any magS with 0.2 <= S <= 1 works the same
+way, with ceil(1/S) x ceil(1/S) tiles, e.g. mag0.7, mag0.35); hue+12 / hue-12 (stain hue rotated by 12
 degrees); pale (saturation x0.55: faded stain); dark (brightness x0.7, contrast x1.2); blur1.5 (Gaussian, sigma
 1.5 px: focus); jpeg40 (JPEG quality 40). (Downscaling a whole field is no test: the detector letterboxes every
 field to the same size.)
@@ -29,8 +30,11 @@ SHIFTS = ["none", "mag0.5", "hue+12", "hue-12", "pale", "dark", "blur1.5", "jpeg
 
 
 def mosaic(gt: list, i: int, scale: float):
-    """Field ``i`` of a lower magnification: split images i..i+3 scaled by ``scale`` in a 2x2 grid, cropped to image
-    i's size. Returns ``(image, boxes, labels)``; boxes clipped, those less than 40% inside dropped."""
+    """Field ``i`` of a lower magnification: split images i, i+1, ... scaled by ``scale`` in an n x n grid
+    (n = ceil(1 / scale): 2 x 2 at half magnification), cropped to image i's size. Returns ``(image, boxes,
+    labels)``; boxes clipped, those less than 40% inside dropped."""
+    import math
+
     import cv2
     import numpy as np
 
@@ -38,16 +42,17 @@ def mosaic(gt: list, i: int, scale: float):
 
     first = read_image(gt[i].path)
     h, w = first.shape[:2]
-    canvas = np.full((max(h, 2 * round(h * scale)), max(w, 2 * round(w * scale)), 3), 0, np.uint8)
+    n = max(1, math.ceil(1 / scale - 1e-9))
+    canvas = np.full((max(h, n * round(h * scale)), max(w, n * round(w * scale)), 3), 0, np.uint8)
     canvas[:] = np.median(first.reshape(-1, 3), 0).astype(np.uint8)
     boxes, labels = [], []
-    for k in range(4):
+    for k in range(n * n):
         r = gt[(i + k) % len(gt)]
         im = first if k == 0 else read_image(r.path)
         ih, iw = im.shape[:2]
         sw, sh = round(w * scale), round(h * scale)  # every tile fills one grid cell
         fx, fy = sw / iw, sh / ih
-        ox, oy = (k % 2) * sw, (k // 2) * sh
+        ox, oy = (k % n) * sw, (k // n) * sh
         canvas[oy:oy + sh, ox:ox + sw] = cv2.resize(im, (sw, sh), interpolation=cv2.INTER_AREA)
         for b, lab in zip(r.boxes, r.labels):
             x1, y1, x2, y2 = b[0] * fx + ox, b[1] * fy + oy, b[2] * fx + ox, b[3] * fy + oy
@@ -57,6 +62,19 @@ def mosaic(gt: list, i: int, scale: float):
                 boxes.append([cx1, cy1, cx2, cy2])
                 labels.append(lab)
     return canvas[:h, :w].copy(), boxes, labels
+
+
+def check_shift(shift: str) -> str:
+    """``shift`` if it is one of SHIFTS or ``magS`` with 0.2 <= S <= 1 (argparse type)."""
+    if shift in SHIFTS:
+        return shift
+    try:
+        ok = shift.startswith("mag") and 0.2 <= float(shift[3:]) <= 1.0
+    except ValueError:
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"unknown shift '{shift}'; valid: {', '.join(SHIFTS)} or magS, 0.2 <= S <= 1")
+    return shift
 
 
 def apply_shift(image, shift: str):
@@ -90,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", required=True, help="dataset card name (datasets/NAME.yaml) or path")
     ap.add_argument("--split", default="test")
     ap.add_argument("--out", required=True, help="work folder: shifted images, runs, robustness.json / .md")
-    ap.add_argument("--shifts", nargs="+", default=SHIFTS, choices=SHIFTS)
+    ap.add_argument("--shifts", nargs="+", default=SHIFTS, type=check_shift,
+                    help=f"default: {' '.join(SHIFTS)}; also magS for any 0.2 <= S <= 1")
     ap.add_argument("--config", default=str(ROOT / "configs" / "pipeline" / "eval_detection.yaml"),
                     help="pipeline YAML (default: the default detector with a 0.001 score threshold, no classifiers)")
     ap.add_argument("--detector", help="detector YAML to evaluate instead (0.001 score threshold, no classifiers)")
