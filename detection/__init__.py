@@ -51,7 +51,7 @@ DETECTOR_SCHEMA = {
                                      "see AutoScaleDetector"),
     "scale_label": Field(str, "RBC", "auto_scale: the class whose median box size measures the magnification"),
     "scale_below_px": Field(float, 40.0, "auto_scale: detect again when that median size on the input is below this"),
-    "scale_target_px": Field(float, 60.0, "auto_scale: ... at the input size that brings it to this (red cells of "
+    "scale_target_px": Field(float, 52.0, "auto_scale: ... at the input size that brings it to this (red cells of "
                                           "the training fields at 320 px: median 51.5 px BCCD, 70 TXL-PBC)"),
     "scale_min_boxes": Field(int, 3, "auto_scale: boxes (score >= 0.4) needed to measure; fewer: keep the first pass"),
     "max_imgsz": Field(int, 640, "auto_scale: largest input size"),

@@ -284,15 +284,17 @@ def _scale_cfg(**kw):
 def test_field_scale_size_measures_red_cells_on_the_input():
     from detection import field_scale_size
 
-    cfg = _scale_cfg()  # below 40 px -> 60 px, at most 640
+    cfg = _scale_cfg()  # below 40 px -> 52 px, at most 640
     # 640 px wide field at 320: factor 0.5. Red cells 100 px -> 50 px on the input: training scale, kept.
     big = _dets([[0, 0, 100, 100]] * 5, ["RBC"] * 5, [0.9] * 5)
     assert field_scale_size(big, (480, 640), 320, cfg) == (320, 50.0)
-    # 60 px -> 30 px on the input: half magnification -> 320 * 60 / 30 = 640
+    # 60 px -> 30 px on the input: half magnification -> 320 * 52 / 30 = 554.7 -> 576
     small = _dets([[0, 0, 60, 60]] * 5, ["RBC"] * 5, [0.9] * 5)
-    assert field_scale_size(small, (480, 640), 320, cfg) == (640, 30.0)
-    # 70 px -> 35 px: 320 * 60 / 35 = 548.6 -> rounded up to a multiple of 32
-    assert field_scale_size(_dets([[0, 0, 70, 70]] * 3, ["RBC"] * 3, [0.9] * 3), (480, 640), 320, cfg)[0] == 576
+    assert field_scale_size(small, (480, 640), 320, cfg) == (576, 30.0)
+    # 70 px -> 35 px: 320 * 52 / 35 = 475.4 -> 480; with a 60 px target 548.6 -> 576
+    assert field_scale_size(_dets([[0, 0, 70, 70]] * 3, ["RBC"] * 3, [0.9] * 3), (480, 640), 320, cfg)[0] == 480
+    assert field_scale_size(_dets([[0, 0, 70, 70]] * 3, ["RBC"] * 3, [0.9] * 3), (480, 640), 320,
+                            _scale_cfg(scale_target_px=60.0))[0] == 576
     # tiny cells: capped at max_imgsz
     tiny = _dets([[0, 0, 10, 10]] * 5, ["RBC"] * 5, [0.9] * 5)
     assert field_scale_size(tiny, (480, 640), 320, _scale_cfg(max_imgsz=512))[0] == 512
@@ -319,8 +321,8 @@ def test_auto_scale_detects_small_cell_fields_again():
     det = AutoScaleDetector(Fake(), _scale_cfg())
     imgs = [np.zeros((480, 640, 3), np.uint8), np.ones((480, 640, 3), np.uint8), np.zeros((480, 640, 3), np.uint8)]
     out = det.detect(imgs)
-    assert Fake.calls == [(3, None), (1, 640)]  # only the small-cell field runs again, at 320 * 60 / 30
-    assert [d.imgsz for d in out] == [320, 640, 320]
+    assert Fake.calls == [(3, None), (1, 576)]  # only the small-cell field runs again, at 320 * 52 / 30 -> 576
+    assert [d.imgsz for d in out] == [320, 576, 320]
     assert out[1].labels == ("Platelets",) and out[0].labels == ("RBC",) * 4
     assert det.detect([]) == [] and "auto-scale<=640" in det.name
 
