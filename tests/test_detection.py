@@ -372,3 +372,22 @@ def test_default_detector_adapts_to_half_magnification(data_root):
     wbc = [b for b, lab in zip(boxes, labels) if lab == "WBC"]
     found = small.xyxy[[lab == "WBC" for lab in small.labels]]
     assert wbc and all(len(found) and box_iou(np.asarray(b, np.float32), found).max() >= 0.5 for b in wbc)
+
+
+def test_every_shipped_config_validates():
+    """configs/detector/*.yaml and configs/pipeline/*.yaml load and pass their schemas; the fast pipeline is the
+    default with the detector's auto_scale off."""
+    from detection import check_detector_config
+    from pipelines.config import REPO_ROOT, load_yaml
+    from pipelines.pipeline import load_pipeline_config
+
+    dets = sorted((REPO_ROOT / "configs" / "detector").glob("*.yaml"))
+    pipes = sorted((REPO_ROOT / "configs" / "pipeline").glob("*.yaml"))
+    assert len(dets) >= 8 and len(pipes) >= 5
+    for p in dets:
+        check_detector_config(load_yaml(p), str(p))
+    loaded = {p.stem: load_pipeline_config(p) for p in pipes}
+    default, fast = loaded["default"], loaded["fast"]
+    assert default["detector_cfg"]["auto_scale"] and not fast["detector_cfg"]["auto_scale"]
+    assert {**default["detector_cfg"], "auto_scale": False} == fast["detector_cfg"]
+    assert [c["cfg"]["weights"] for c in default["classifiers"]] == [c["cfg"]["weights"] for c in fast["classifiers"]]

@@ -11,7 +11,8 @@ latency: the real orchestrator (tools/infer_field.py's code path: decode overlap
 detector, batched classifiers) over the fields at each batch size, after a warm-up pass; per-stage p50/p95 from
 the per-field timings (decode, detect, crop, classify; aggregate = report writing per field) and fields/s of the
 whole loop, the median of --repeat passes. The same fields go through a naive baseline: Ultralytics `predict` one
-image at a time on the torch weights and each classifier one crop at a time. Passes are interleaved (each round: one
+image at a time on the torch weights (with the pipeline's auto_scale rule: small-cell fields predicted again
+larger) and each classifier one crop at a time. Passes are interleaved (each round: one
 pass per batch size, then one baseline pass), so that both see the same machine; the speed-up is the median over
 rounds of the best batch size's fields/s over the baseline's in that round. On CUDA, stages are synchronised;
 --half runs fp16. Writes latency.json and latency.md in --out.
@@ -132,7 +133,8 @@ def latency(args) -> int:
 
 def baseline(cfg: dict, paths: list[Path], args):
     """Naive: Ultralytics predict per image (torch weights: the pipeline's, or --baseline-detector's when it runs an
-    export), each classifier per crop (torch checkpoint, the .pt beside an .onnx export). Loads and warms it up;
+    export; when the pipeline's detector has ``auto_scale``, a field with small red cells is predicted again at the
+    size ``detection.field_scale_size`` gives, the same work the pipeline does), each classifier per crop (torch checkpoint, the .pt beside an .onnx export). Loads and warms it up;
     returns a function that runs one pass over ``paths`` and returns (fields/s, ms per field)."""
     import torch
 
@@ -156,10 +158,23 @@ def baseline(cfg: dict, paths: list[Path], args):
     clfs = [Classifier(w, device=args.device) for w in (resolve_path(st["cfg"]["weights"]).with_suffix(".pt")
                                                           for st in cfg["classifiers"]) if w.exists()]
 
+    from detection import Detections, field_scale_size
+
+    scale_cfg = cfg["detector_cfg"]  # the pipeline's detector: the baseline does the same auto_scale work
+
+    def predict(img, size):
+        return model.predict(img[..., ::-1], imgsz=size, conf=dcfg["conf"], iou=dcfg["iou"], verbose=False,
+                             device=args.device, half=args.half)[0]
+
     def one(p):
         img = read_image(p)
-        r = model.predict(img[..., ::-1], imgsz=dcfg["imgsz"], conf=dcfg["conf"], iou=dcfg["iou"], verbose=False,
-                          device=args.device, half=args.half)[0]
+        r = predict(img, dcfg["imgsz"])
+        if scale_cfg["auto_scale"]:  # small cells: predict again at the size the pipeline's rule gives
+            det = Detections(r.boxes.xyxy.cpu().numpy(), r.boxes.conf.cpu().numpy(),
+                             tuple(r.names[int(c)] for c in r.boxes.cls.cpu().numpy()))
+            size, _ = field_scale_size(det, img.shape[:2], dcfg["imgsz"], scale_cfg)
+            if size > dcfg["imgsz"]:
+                r = predict(img, size)
         names = r.names
         for box, c in zip(r.boxes.xyxy.cpu().numpy(), r.boxes.cls.cpu().numpy()):
             if names[int(c)] in cfg["classify_labels"]:
