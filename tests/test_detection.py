@@ -257,6 +257,8 @@ def test_lower_magnification_mosaic_keeps_every_box(tmp_path):
     np.testing.assert_allclose(boxes, [[10, 5, 30, 25], [110, 5, 130, 25], [10, 55, 30, 75], [110, 55, 130, 75]])
     assert im[60, 150, 0] == 120 and im[10, 10, 0] == 0  # tile 3 bottom right, tile 0 top left
     im7, boxes7, _ = mosaic(recs, 0, 0.7)  # other scales: cropped to the field, boxes clipped
+    im2, boxes2, labels2 = mosaic(recs, 0, 2.0)  # higher magnification: field 0's top-left quarter, twice the size
+    assert im2.shape == (100, 200, 3) and labels2 == ["c0"] and np.allclose(boxes2, [[40, 20, 120, 100]])
     assert im7.shape == (100, 200, 3) and all(b[2] <= 200 and b[3] <= 100 for b in boxes7)
     im3, boxes3, labels3 = mosaic(recs, 1, 0.35)  # a third of the magnification: 3 x 3 tiles, records cycled
     assert im3.shape == (100, 200, 3) and labels3 == ["c1", "c2", "c3", "c0", "c1", "c2", "c3", "c0", "c1"]
@@ -264,7 +266,8 @@ def test_lower_magnification_mosaic_keeps_every_box(tmp_path):
     from tools.eval_robustness import check_shift
 
     assert check_shift("mag0.7") == "mag0.7" and check_shift("pale") == "pale"
-    for bad in ("mag0.1", "mag2", "magx", "sepia"):
+    assert check_shift("mag2") == "mag2"  # higher magnification: the top-left half enlarged
+    for bad in ("mag0.1", "mag2.5", "magx", "sepia"):
         with pytest.raises(Exception, match="unknown shift"):
             check_shift(bad)
     pale, q = apply_shift(np.full((8, 8, 3), (200, 100, 50), np.uint8), "pale")

@@ -9,7 +9,8 @@ tools/infer_field.py and scored against the transformed ground truth (pycocotool
 
 Shifts: none (re-encoded only); mag0.5 (half the magnification: the field of view doubles, cells get smaller in
 the same-size image: a 2x2 mosaic of four split images at half size; any magS with 0.2 <= S <= 1 works the same
-way, with ceil(1/S) x ceil(1/S) tiles, e.g. mag0.7, mag0.35); hue+12 / hue-12 (stain hue rotated by 12
+way, with ceil(1/S) x ceil(1/S) tiles, e.g. mag0.7, mag0.35; 1 < S <= 2 is a higher magnification: the top-left
+1/S of each image enlarged to its size); hue+12 / hue-12 (stain hue rotated by 12
 degrees); pale (saturation x0.55: faded stain); dark (brightness x0.7, contrast x1.2); blur1.5 (Gaussian, sigma
 1.5 px: focus); jpeg40 (JPEG quality 40). (Downscaling a whole field is no test: the detector letterboxes every
 field to the same size.)
@@ -65,15 +66,15 @@ def mosaic(gt: list, i: int, scale: float):
 
 
 def check_shift(shift: str) -> str:
-    """``shift`` if it is one of SHIFTS or ``magS`` with 0.2 <= S <= 1 (argparse type)."""
+    """``shift`` if it is one of SHIFTS or ``magS`` with 0.2 <= S <= 2 (argparse type)."""
     if shift in SHIFTS:
         return shift
     try:
-        ok = shift.startswith("mag") and 0.2 <= float(shift[3:]) <= 1.0
+        ok = shift.startswith("mag") and 0.2 <= float(shift[3:]) <= 2.0
     except ValueError:
         ok = False
     if not ok:
-        raise argparse.ArgumentTypeError(f"unknown shift '{shift}'; valid: {', '.join(SHIFTS)} or magS, 0.2 <= S <= 1")
+        raise argparse.ArgumentTypeError(f"unknown shift '{shift}'; valid: {', '.join(SHIFTS)} or magS, 0.2 <= S <= 2")
     return shift
 
 
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="test")
     ap.add_argument("--out", required=True, help="work folder: shifted images, runs, robustness.json / .md")
     ap.add_argument("--shifts", nargs="+", default=SHIFTS, type=check_shift,
-                    help=f"default: {' '.join(SHIFTS)}; also magS for any 0.2 <= S <= 1")
+                    help=f"default: {' '.join(SHIFTS)}; also magS for any 0.2 <= S <= 2")
     ap.add_argument("--config", default=str(ROOT / "configs" / "pipeline" / "eval_detection.yaml"),
                     help="pipeline YAML (default: the default detector with a 0.001 score threshold, no classifiers)")
     ap.add_argument("--detector", help="detector YAML to evaluate instead (0.001 score threshold, no classifiers)")
