@@ -82,6 +82,8 @@ class SmearTally:
     lymphoid_n: int = 0
     covid_k: int = 0
     low_confidence: int = 0
+    fields_rescaled: int = 0  # fields the detector's auto_scale detected again at a larger input size
+    rescaled_max: int = 0
 
     def add(self, rec: dict, leukocyte_labels: set[str]) -> None:
         """Add one ``fields.jsonl`` record (a dict)."""
@@ -91,6 +93,9 @@ class SmearTally:
                 self.failed_paths.append(rec["path"])
             return
         self.fields_used += 1
+        if rec.get("rescaled_imgsz"):
+            self.fields_rescaled += 1
+            self.rescaled_max = max(self.rescaled_max, int(rec["rescaled_imgsz"]))
         for c in rec["cells"]:
             label, det = c["label"], c["det_label"]
             if det in PLATELETS:
@@ -165,6 +170,10 @@ def smear_report(tally: SmearTally, cfg: dict) -> dict:
     if tally.classified and tally.unidentified / tally.classified > cfg["unidentified_threshold"]:
         flags.append({"flag": "many_unidentified", "detail": f"{tally.unidentified} of {tally.classified} "
                                                              "classified cells are unidentified: review them"})
+    if tally.fields_rescaled:
+        flags.append({"flag": "small_cells", "detail": f"{tally.fields_rescaled} of {tally.fields_used} fields have "
+                      "red cells smaller than the training fields' (a lower magnification?): detected again at up to "
+                      f"{tally.rescaled_max} px; the classifiers learned from 100x oil images: review the cells"})
     return {"smear_id": tally.smear_id, "fields_used": tally.fields_used, "fields_failed": tally.fields_failed,
             "failed_paths": tally.failed_paths, "leukocytes_counted": n, "differential": diff,
             "nrbc": {"count": tally.nrbc, "per_100_wbc": round(100 * tally.nrbc / n, 2) if n else None},

@@ -39,7 +39,9 @@ class Cell:
 class FieldResult:
     """Everything known about one input image. ``cells`` may be empty (a valid result); ``error`` is set, and
     ``cells`` empty, when the image could not be processed. ``timings_ms``: per stage, batch stages amortized over
-    the batch's fields."""
+    the batch's fields. ``rescaled_imgsz``: the detector's input size for this field when its ``auto_scale`` chose a
+larger one than the config's (the field's red cells were small: a lower magnification than the training fields);
+None otherwise."""
 
     field_id: str
     path: str
@@ -50,6 +52,7 @@ class FieldResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    rescaled_imgsz: int | None = None  # set when auto_scale detected the field again at this larger input size
 
 
 def to_json(result) -> str:
@@ -63,4 +66,4 @@ def field_from_dict(d: dict) -> FieldResult:
                   classes={t: TaskResult(**v) for t, v in c.get("classes", {}).items()}) for c in d.get("cells", [])]
     return FieldResult(field_id=d["field_id"], path=d["path"], smear_id=d["smear_id"], width=d.get("width"),
                        height=d.get("height"), cells=cells, timings_ms=d.get("timings_ms", {}), error=d.get("error"),
-                       versions=d.get("versions", {}))
+                       versions=d.get("versions", {}), rescaled_imgsz=d.get("rescaled_imgsz"))

@@ -79,8 +79,9 @@ def build_dataset(run_dir: Path, name: str, gt: dict | None = None, overwrite: b
     with open(run_dir / "fields.jsonl", encoding="utf-8") as f:
         for line in f:
             rec = json.loads(line)
+            tags = (["failed"] if rec["error"] else []) + (["small_cells"] if rec.get("rescaled_imgsz") else [])
             s = fo.Sample(filepath=rec["path"], smear_id=rec["smear_id"], field_id=rec["field_id"],
-                          error=rec["error"], tags=["failed"] if rec["error"] else [])
+                          error=rec["error"], tags=tags)  # small_cells: auto_scale re-detected it (rescaled_imgsz)
             w, h = rec["width"], rec["height"]
             preds, dets = [], []
             for c in rec["cells"]:

@@ -256,9 +256,9 @@ def _infer(items, pipeline, opts) -> dict[str, tuple[FieldResult, dict[int, np.n
         h, w = img.shape[:2]
         timings = {"decode": round(dec_ms, 2), "detect": round(det_ms / n, 2), "crop": round(cms, 2),
                    "classify": round(cls_ms / n, 2)}
-        versions = dict(pipeline.versions)
+        rescaled = None  # auto_scale detected this field again at a larger input size
         if det is not None and det.imgsz and det.imgsz != getattr(pipeline.detector, "imgsz", det.imgsz):
-            versions["detector"] += f" (this field at {det.imgsz} px: small cells)"  # auto_scale chose it
-        out[f.field_id] = (FieldResult(f.field_id, str(f.path), f.smear_id, w, h, cells, timings, None, versions),
-                           crop_by_cell)
+            rescaled = int(det.imgsz)
+        out[f.field_id] = (FieldResult(f.field_id, str(f.path), f.smear_id, w, h, cells, timings, None,
+                                       dict(pipeline.versions), rescaled), crop_by_cell)
     return out

@@ -62,6 +62,21 @@ def test_flags_blasts_ig_unidentified():
     assert {"blasts_present", "immature_granulocytes", "many_unidentified", "low_count"} <= flags
 
 
+def test_small_cells_flag_counts_rescaled_fields():
+    t = SmearTally("s")
+    t.add({**field([cell("neutrophil")]), "rescaled_imgsz": 512}, {"WBC"})
+    t.add({**field([cell("lymphocyte")]), "rescaled_imgsz": 576}, {"WBC"})
+    t.add({**field([cell("neutrophil")]), "rescaled_imgsz": None}, {"WBC"})
+    t.add(field([cell("neutrophil")]), {"WBC"})  # records written before the key existed
+    t.add({**field([], error="truncated"), "rescaled_imgsz": None}, {"WBC"})
+    flags = {f["flag"]: f["detail"] for f in smear_report(t, CFG)["flags"]}
+    assert flags["small_cells"].startswith("2 of 4 fields have red cells smaller") and "up to 576 px" in flags[
+        "small_cells"]
+    t2 = SmearTally("s")
+    t2.add(field([cell("neutrophil")]), {"WBC"})
+    assert "small_cells" not in {f["flag"] for f in smear_report(t2, CFG)["flags"]}
+
+
 def test_empty_smear_report():
     t = SmearTally("s")
     t.add(field([]), {"WBC"})

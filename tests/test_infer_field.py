@@ -17,7 +17,8 @@ from PIL import Image
 from conftest import ROOT
 from tools.infer_field import main as infer_main
 
-FIELD_KEYS = {"field_id", "path", "smear_id", "width", "height", "cells", "timings_ms", "error", "versions"}
+FIELD_KEYS = {"field_id", "path", "smear_id", "width", "height", "cells", "timings_ms", "error", "versions",
+              "rescaled_imgsz"}
 CELL_KEYS = {"box", "det_label", "det_score", "label", "score", "classes"}
 
 
