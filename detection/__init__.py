@@ -115,24 +115,36 @@ def build_detector(cfg: dict, device: str = "cpu"):
 SCALE_MIN_SCORE = 0.4  # detections that measure a field's magnification: confident ones only
 
 
-def field_scale_size(det: Detections, image_hw: tuple[int, int], imgsz: int, cfg: dict) -> tuple[int, float | None]:
-    """The input size to detect an image at, given its detections at ``imgsz``, and the measured median size (mean
-    of width and height) of its ``scale_label`` boxes on that input (None: too few to measure).
-
-    When that median is below ``scale_below_px`` the image is smaller-scaled than the training fields (a lower
-    magnification or a downsampled capture): the returned size brings it to ``scale_target_px`` (rounded up to a
-    multiple of 32, at most ``max_imgsz``). Otherwise ``imgsz`` itself."""
+def red_cell_size(det: Detections, image_hw: tuple[int, int], imgsz: int, cfg: dict) -> float | None:
+    """Median size (mean of width and height) of an image's confident ``scale_label`` boxes (score >= 0.4) on a
+    letterboxed input of ``imgsz``; None when fewer than ``scale_min_boxes`` to measure."""
     m = np.array([lab == cfg["scale_label"] for lab in det.labels], bool)
     if len(m):
         m &= det.scores >= SCALE_MIN_SCORE
     if int(m.sum()) < cfg["scale_min_boxes"]:
-        return imgsz, None
+        return None
     b = det.xyxy[m]
-    median = float(np.median((b[:, 2] - b[:, 0] + b[:, 3] - b[:, 1]) / 2)) * imgsz / max(image_hw)
-    if median >= cfg["scale_below_px"]:
+    return float(np.median((b[:, 2] - b[:, 0] + b[:, 3] - b[:, 1]) / 2)) * imgsz / max(image_hw)
+
+
+def field_scale_size(det: Detections, image_hw: tuple[int, int], imgsz: int, cfg: dict) -> tuple[int, float | None]:
+    """The input size to detect an image at, given its detections at ``imgsz``, and the measured median size of its
+    red cells on that input (``red_cell_size``; None: too few to measure).
+
+    When that median is below ``scale_below_px`` the image is smaller-scaled than the training fields (a lower
+    magnification or a downsampled capture): the returned size brings it to ``scale_target_px`` (rounded up to a
+    multiple of 32, at most ``max_imgsz``). Otherwise ``imgsz`` itself."""
+    median = red_cell_size(det, image_hw, imgsz, cfg)
+    if median is None or median >= cfg["scale_below_px"]:
         return imgsz, median
-    size = -(-imgsz * cfg["scale_target_px"] / max(median, 1e-6) // 32) * 32
-    return int(min(max(size, imgsz), cfg["max_imgsz"])), median
+    return _target_size(median, imgsz, imgsz, cfg), median
+
+
+def _target_size(median: float, at: int, imgsz: int, cfg: dict) -> int:
+    """The input size (multiple of 32, between ``imgsz`` and ``max_imgsz``) that brings red cells measured ``median``
+    px on an ``at`` px input to ``scale_target_px``."""
+    size = -(-at * cfg["scale_target_px"] / max(median, 1e-6) // 32) * 32
+    return int(min(max(size, imgsz), cfg["max_imgsz"]))
 
 
 class AutoScaleDetector:
@@ -141,8 +153,12 @@ class AutoScaleDetector:
     Every field is detected at the config's ``imgsz`` first; where the confident ``scale_label`` boxes (red cells)
     are smaller on that input than ``scale_below_px`` (the training fields' red cells: median 51.5 px on BCCD, 70 on
     TXL-PBC at 320 px), the field is detected again at the size ``field_scale_size`` gives and those detections
-    replace the first ones (``Detections.imgsz`` says which size each field got). Fields at the training
-    magnification cost nothing extra; at half magnification platelets come back (README, other laboratories)."""
+    replace the first ones (``Detections.imgsz`` says which size each field got). A field with too few confident
+    red cells to measure (at a quarter of the training magnification they are ~13 px and mostly missed) is probed
+    at ``max_imgsz``: if its red cells measure there and are small, the field is detected at the size that
+    measurement gives (the probe itself when that is ``max_imgsz``); otherwise the first pass stands. Fields at the
+    training magnification cost nothing extra; at half magnification platelets come back (README, other
+    laboratories)."""
 
     def __init__(self, inner, cfg: dict):
         self.inner, self.cfg, self.classes = inner, cfg, inner.classes
@@ -154,11 +170,26 @@ class AutoScaleDetector:
         import dataclasses
 
         dets = [dataclasses.replace(d, imgsz=self.imgsz) for d in self.inner.detect(images)]
+        top = self.cfg["max_imgsz"]
         again: dict[int, list[int]] = {}
+        unmeasured = []
         for i, (im, d) in enumerate(zip(images, dets)):
-            size, _ = field_scale_size(d, im.shape[:2], self.imgsz, self.cfg)
+            size, median = field_scale_size(d, im.shape[:2], self.imgsz, self.cfg)
             if size > self.imgsz:
                 again.setdefault(size, []).append(i)
+            elif median is None and top > self.imgsz:
+                unmeasured.append(i)
+        if unmeasured:  # too few red cells at imgsz: are they too small to be found there?
+            for i, d in zip(unmeasured, self.inner.detect([images[i] for i in unmeasured], imgsz=top)):
+                hw = images[i].shape[:2]
+                median = red_cell_size(d, hw, top, self.cfg)
+                if median is None or median * self.imgsz / top >= self.cfg["scale_below_px"]:
+                    continue  # still unmeasurable, or not small after all: the first pass stands
+                size = _target_size(median, top, self.imgsz, self.cfg)
+                if size == top:
+                    dets[i] = dataclasses.replace(d, imgsz=top)
+                else:
+                    again.setdefault(size, []).append(i)
         for size, idx in sorted(again.items()):
             for i, d in zip(idx, self.inner.detect([images[i] for i in idx], imgsz=size)):
                 dets[i] = dataclasses.replace(d, imgsz=size)

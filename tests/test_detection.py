@@ -330,6 +330,35 @@ def test_auto_scale_detects_small_cell_fields_again():
     assert det.detect([]) == [] and "auto-scale<=640" in det.name
 
 
+def test_auto_scale_probes_fields_whose_red_cells_are_too_small_to_find():
+    from detection import AutoScaleDetector
+
+    class Fake:  # one red cell found at 320 px; at 640 px: red cells of 30, 70 or 100 px, or again one (code 4)
+        name, classes, calls = "fake@320", ["WBC", "RBC", "Platelets"], []
+
+        def detect(self, images, imgsz=None):
+            self.calls.append((len(images), imgsz))
+            out = []
+            for im in images:
+                code = int(im[0, 0, 0])
+                if imgsz is None or (imgsz == 640 and code == 4):
+                    out.append(_dets([[0, 0, 20, 20]], ["RBC"], [0.9]))
+                elif imgsz == 640:
+                    w = {1: 30.0, 2: 70.0, 3: 100.0}[code]
+                    out.append(_dets([[0, 0, w, w]] * 5, ["RBC"] * 5, [0.9] * 5))
+                else:
+                    out.append(_dets([[1, 1, 5, 5]], ["Platelets"], [0.5]))
+            return out
+
+    det = AutoScaleDetector(Fake(), _scale_cfg())
+    imgs = [np.full((480, 640, 3), code, np.uint8) for code in (1, 2, 3, 4)]
+    out = det.detect(imgs)
+    # all four probed at 640; 2 (35 px at 320 -> 640 * 52 / 70 = 475 -> 480) detected a third time
+    assert Fake.calls == [(4, None), (4, 640), (1, 480)]
+    assert [d.imgsz for d in out] == [640, 480, 320, 320]
+    assert len(out[0]) == 5 and out[1].labels == ("Platelets",) and len(out[2]) == 1 and len(out[3]) == 1
+
+
 def test_auto_scale_config_errors():
     with pytest.raises(ConfigError, match="ssd300 always runs at 300"):
         build_detector({"backend": "ssd300", "model": "ssd300_vgg16", "imgsz": 300, "auto_scale": True})
