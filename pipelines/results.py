@@ -39,9 +39,9 @@ class Cell:
 class FieldResult:
     """Everything known about one input image. ``cells`` may be empty (a valid result); ``error`` is set, and
     ``cells`` empty, when the image could not be processed. ``timings_ms``: per stage, batch stages amortized over
-    the batch's fields. ``rescaled_imgsz``: the detector's input size for this field when its ``auto_scale`` chose a
-larger one than the config's (the field's red cells were small: a lower magnification than the training fields);
-None otherwise."""
+    the batch's fields. ``rescaled_imgsz``: the detector's input size for this field when its ``auto_scale`` chose
+    a larger one than the config's (the field's red cells were small: a lower magnification than the training
+    fields); None otherwise."""
 
     field_id: str
     path: str

@@ -133,9 +133,9 @@ def latency(args) -> int:
 
 def baseline(cfg: dict, paths: list[Path], args):
     """Naive: Ultralytics predict per image (torch weights: the pipeline's, or --baseline-detector's when it runs an
-    export; when the pipeline's detector has ``auto_scale``, a field with small red cells is predicted again at the
-    size ``detection.field_scale_size`` gives, the same work the pipeline does), each classifier per crop (torch checkpoint, the .pt beside an .onnx export). Loads and warms it up;
-    returns a function that runs one pass over ``paths`` and returns (fields/s, ms per field)."""
+    export; when the pipeline's detector has ``auto_scale``, the same ``AutoScaleDetector`` passes around predict),
+    each classifier per crop (torch checkpoint, the .pt beside an .onnx export). Loads and warms it up; returns a
+    function that runs one pass over ``paths`` and returns (fields/s, ms per field)."""
     import torch
 
     from classification.classifier import Classifier
@@ -158,26 +158,29 @@ def baseline(cfg: dict, paths: list[Path], args):
     clfs = [Classifier(w, device=args.device) for w in (resolve_path(st["cfg"]["weights"]).with_suffix(".pt")
                                                           for st in cfg["classifiers"]) if w.exists()]
 
-    from detection import Detections, field_scale_size
+    from detection import AutoScaleDetector, Detections
 
-    scale_cfg = cfg["detector_cfg"]  # the pipeline's detector: the baseline does the same auto_scale work
+    class Predict:  # Ultralytics predict, one image at a time, behind the Detector contract
+        name, classes = "ultralytics-predict", list(dcfg["classes"])
 
-    def predict(img, size):
-        return model.predict(img[..., ::-1], imgsz=size, conf=dcfg["conf"], iou=dcfg["iou"], verbose=False,
-                             device=args.device, half=args.half)[0]
+        def detect(self, images, imgsz=None):
+            out = []
+            for img in images:
+                r = model.predict(img[..., ::-1], imgsz=imgsz or dcfg["imgsz"], conf=dcfg["conf"], iou=dcfg["iou"],
+                                  verbose=False, device=args.device, half=args.half)[0]
+                out.append(Detections(r.boxes.xyxy.cpu().numpy(), r.boxes.conf.cpu().numpy(),
+                                      tuple(r.names[int(c)] for c in r.boxes.cls.cpu().numpy())))
+            return out
+
+    # the pipeline's detector has auto_scale: the baseline does the same passes (same rule, same probe)
+    detector = (AutoScaleDetector(Predict(), {**cfg["detector_cfg"], "imgsz": dcfg["imgsz"]})
+                if cfg["detector_cfg"]["auto_scale"] else Predict())
 
     def one(p):
         img = read_image(p)
-        r = predict(img, dcfg["imgsz"])
-        if scale_cfg["auto_scale"]:  # small cells: predict again at the size the pipeline's rule gives
-            det = Detections(r.boxes.xyxy.cpu().numpy(), r.boxes.conf.cpu().numpy(),
-                             tuple(r.names[int(c)] for c in r.boxes.cls.cpu().numpy()))
-            size, _ = field_scale_size(det, img.shape[:2], dcfg["imgsz"], scale_cfg)
-            if size > dcfg["imgsz"]:
-                r = predict(img, size)
-        names = r.names
-        for box, c in zip(r.boxes.xyxy.cpu().numpy(), r.boxes.cls.cpu().numpy()):
-            if names[int(c)] in cfg["classify_labels"]:
+        det = detector.detect([img])[0]
+        for box, label in zip(det.xyxy, det.labels):
+            if label in cfg["classify_labels"]:
                 crop = crop_square(img, box, cfg["crop_margin"])
                 for clf in clfs:
                     clf.classify([crop])
