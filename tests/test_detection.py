@@ -383,7 +383,8 @@ def test_tiny_yolo_runs_at_another_input_size(tiny_yolo_cfg):
 @pytest.mark.realdata
 def test_default_detector_adapts_to_half_magnification(data_root):
     """The shipped detector config: BCCD test fields at their own magnification stay at 320 px; a half
-    magnification mosaic of four of them is detected again at a larger size and its leukocytes are found."""
+    magnification mosaic of four of them is detected again at a larger size and its leukocytes are found; a quarter
+    magnification mosaic (red cells too small to find at 320 px) is probed at 640 px."""
     from detection import check_detector_config
     from detection.data import load_card, read_split
     from pipelines.config import REPO_ROOT, load_yaml
@@ -404,6 +405,14 @@ def test_default_detector_adapts_to_half_magnification(data_root):
     wbc = [b for b, lab in zip(boxes, labels) if lab == "WBC"]
     found = small.xyxy[[lab == "WBC" for lab in small.labels]]
     assert wbc and all(len(found) and box_iou(np.asarray(b, np.float32), found).max() >= 0.5 for b in wbc)
+    # a quarter of the magnification: red cells too small to find at 320 px, so the field is probed at 640 px
+    quarter, qboxes, qlabels = mosaic(test, 0, 0.25)
+    q = det.detect([quarter])[0]
+    assert q.imgsz == 640
+    qwbc = [b for b, lab in zip(qboxes, qlabels) if lab == "WBC"]
+    qfound = q.xyxy[[lab == "WBC" for lab in q.labels]]
+    hits = sum(len(qfound) and box_iou(np.asarray(b, np.float32), qfound).max() >= 0.5 for b in qwbc)
+    assert hits >= 0.8 * len(qwbc)
 
 
 def test_every_shipped_config_validates():
