@@ -2,7 +2,10 @@
 
 Contract: ``detector.detect(images)`` takes a list of RGB uint8 HxWx3 arrays (any size) and returns one
 ``Detections`` per image with boxes in absolute pixels of that image, ``xyxy``, string labels from the detector's
-``classes`` and scores in [0, 1]. An image without objects gives empty arrays (a valid result).
+``classes`` and scores in [0, 1]. An image without objects gives empty arrays (a valid result). YOLO / ONNX
+backends also take ``detect(images, imgsz=N)`` (another input size, a multiple of 32); with ``auto_scale`` in the
+config, ``build_detector`` wraps them in ``AutoScaleDetector``, which picks the input size per image from the size of
+its red cells and records it in ``Detections.imgsz``.
 
 Heavy libraries (torch, ultralytics, onnxruntime) are imported inside the backends.
 """
