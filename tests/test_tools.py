@@ -50,3 +50,25 @@ def test_latency_benchmark_interleaves_pipeline_and_baseline(tmp_path, synthetic
     ratios = [a / b for a, b in zip(runs, o["baseline"]["fields_per_s_runs"])]
     assert o["speedup_runs"] == [round(x, 2) for x in ratios] and o["speedup"] > 0
     assert "Speed-up of the best pipeline batch" in (tmp_path / "out" / "latency.md").read_text()
+
+
+def test_eval_classifier_scaled_copies(tmp_path):
+    """tools/eval_classifier.py --scale: downscaled PNG copies, made once, mapped back to their originals."""
+    import numpy as np
+
+    from pipelines.io import read_image, write_image
+    from tools.eval_classifier import main, scaled_copies
+
+    samples = []
+    for k in range(2):
+        p = tmp_path / f"cell{k}.jpg"
+        write_image(p, np.full((80, 100, 3), 60 * k, np.uint8))
+        samples.append((p, "neutrophil"))
+    copies, origin = scaled_copies(samples, 0.5, tmp_path / "scaled")
+    assert [lab for _, lab in copies] == ["neutrophil"] * 2
+    assert [read_image(p).shape for p, _ in copies] == [(40, 50, 3)] * 2
+    assert origin[str(copies[1][0])] == str(samples[1][0].resolve())
+    mtime = copies[0][0].stat().st_mtime_ns
+    assert scaled_copies(samples, 0.5, tmp_path / "scaled")[0] == copies and copies[0][0].stat().st_mtime_ns == mtime
+    with pytest.raises(SystemExit):
+        main(["--task", "pbc8", "--run", str(tmp_path / "run"), "--scale", "0"])

@@ -10,6 +10,11 @@ If RUN/fields.jsonl does not exist, the split's cell images are written to RUN/m
 tools/infer_field.py --cells is run on them with --config. Writes RUN/<task>_eval.json.
 --by-source also reports per source dataset (pbc / lmu_aml): the check that blasts are recognized by morphology and
 not by their laboratory (lmu_aml's segmented neutrophils must not be called blasts).
+--scale S (0.1-1) simulates a lower magnification: every cell image is first downscaled by S (area interpolation,
+written as PNG under RUN/scaled/), so a cell has S times the pixels across, as in a field taken at S times the
+magnification:
+
+  python tools/eval_classifier.py --task pbc8 --split test --run out/eval_pbc8_test_x0.5 --scale 0.5
 """
 
 from __future__ import annotations
@@ -35,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--by-source", action="store_true", help="also report per source dataset")
+    ap.add_argument("--scale", type=float, default=1.0, help="downscale every cell image by this first (0.1-1: a "
+                                                             "lower magnification)")
     args = ap.parse_args(argv)
+    if not 0.1 <= args.scale <= 1.0:
+        ap.error(f"--scale must be in [0.1, 1], not {args.scale}")
 
     from classification.data import load_samples
     from classification.metrics import format_report, summarize
@@ -44,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     classes = check_task(args.task)
     samples = load_samples(args.task, args.split)
     run = Path(args.run)
+    origin = {str(p.resolve()): str(p.resolve()) for p, _ in samples}  # image the pipeline sees -> original
+    if args.scale < 1.0:
+        samples, origin = scaled_copies(samples, args.scale, run / "scaled")
     if not (run / "fields.jsonl").exists():
         run.mkdir(parents=True, exist_ok=True)
         with open(run / "manifest.csv", "w", newline="") as f:
@@ -70,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             probs.append([c["classes"][args.task]["probs"][k] for k in classes])
             y.append(classes.index(truth[rec["path"]]))
             final.append(c["label"])
-            src.append("lmu_aml" if "/lmu_aml/" in rec["path"] else "pbc")
+            src.append("lmu_aml" if "/lmu_aml/" in origin[rec["path"]] else "pbc")
     if not y:
         print(f"error: no {args.task} results for the {args.split} split in {run}", file=sys.stderr)
         return 2
@@ -78,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     m = summarize(probs, y, classes)
     m["missing"] = len(truth) - len(y)
     m["unidentified_share"] = round(float(np.mean([f == "unidentified" for f in final])), 4)
-    out = {"task": args.task, "split": args.split, "overall": m}
-    print(f"== {args.task} {args.split} (through infer_field --cells; {m['missing']} of {len(truth)} missing)")
+    out = {"task": args.task, "split": args.split, "scale": args.scale, "overall": m}
+    scaled = f", cells downscaled x{args.scale:g}" if args.scale < 1.0 else ""
+    print(f"== {args.task} {args.split} (through infer_field --cells{scaled}; {m['missing']} of {len(truth)} missing)")
     print(format_report(m))
     print(f"final label 'unidentified': {m['unidentified_share']:.2%} of cells")
     if args.by_source:
@@ -91,6 +104,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n== source {s}\n{format_report(ms)}")
     (run / f"{args.task}_eval.json").write_text(json.dumps(out, indent=1))
     return 0
+
+
+def scaled_copies(samples: list[tuple[Path, str]], scale: float, out_dir: Path):
+    """Downscaled PNG copies of the samples' images (made once; existing copies are reused). Returns the copies'
+    samples and a map copy path -> original path."""
+    import cv2
+
+    from pipelines.io import read_image, write_image
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    copies, origin = [], {}
+    for i, (p, lab) in enumerate(samples):
+        dst = (out_dir / f"{i:06d}_{p.stem}.png").resolve()
+        if not dst.exists():
+            im = read_image(p)
+            h, w = im.shape[:2]
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            write_image(dst, cv2.resize(im, size, interpolation=cv2.INTER_AREA))
+        copies.append((dst, lab))
+        origin[str(dst)] = str(Path(p).resolve())
+    return copies, origin
 
 
 if __name__ == "__main__":
