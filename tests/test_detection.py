@@ -257,9 +257,9 @@ def test_lower_magnification_mosaic_keeps_every_box(tmp_path):
     np.testing.assert_allclose(boxes, [[10, 5, 30, 25], [110, 5, 130, 25], [10, 55, 30, 75], [110, 55, 130, 75]])
     assert im[60, 150, 0] == 120 and im[10, 10, 0] == 0  # tile 3 bottom right, tile 0 top left
     im7, boxes7, _ = mosaic(recs, 0, 0.7)  # other scales: cropped to the field, boxes clipped
+    assert im7.shape == (100, 200, 3) and all(b[2] <= 200 and b[3] <= 100 for b in boxes7)
     im2, boxes2, labels2 = mosaic(recs, 0, 2.0)  # higher magnification: field 0's top-left quarter, twice the size
     assert im2.shape == (100, 200, 3) and labels2 == ["c0"] and np.allclose(boxes2, [[40, 20, 120, 100]])
-    assert im7.shape == (100, 200, 3) and all(b[2] <= 200 and b[3] <= 100 for b in boxes7)
     im3, boxes3, labels3 = mosaic(recs, 1, 0.35)  # a third of the magnification: 3 x 3 tiles, records cycled
     assert im3.shape == (100, 200, 3) and labels3 == ["c1", "c2", "c3", "c0", "c1", "c2", "c3", "c0", "c1"]
     np.testing.assert_allclose(boxes3[4], [70 + 7, 35 + 3.5, 70 + 21, 35 + 17.5])  # centre tile: offset (70, 35)
