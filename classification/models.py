@@ -20,6 +20,7 @@ BACKBONES: dict[str, tuple[str, str, int]] = {
     "resnet50": ("timm", "resnet50", 224),
     "mobilenetv3_small": ("timm", "mobilenetv3_small_100", 224),
     "shufflenet_v2": ("torchvision", "shufflenet_v2_x1_0", 224),
+    "shufflenet_v2_x2": ("torchvision", "shufflenet_v2_x2_0", 224),  # 4.3x the parameters, ~2.1x the CPU step time
     "tiny_cnn": ("local", "tiny_cnn", 64),                    # tests only: a few thousand parameters
 }
 
