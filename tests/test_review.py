@@ -34,6 +34,10 @@ def review_run(tiny_models, synthetic_dir, tmp_path_factory):
     (fields / "smear_01" / "broken.png").write_bytes(b"\x89PNG broken")
     out = d / "run"
     infer_main([str(fields), "--out", str(out), "--config", str(tiny_models["pipeline"]), "--no-progress"])
+    lines = (out / "fields.jsonl").read_text().splitlines()  # as if auto_scale had re-detected one field larger
+    first = next(i for i, x in enumerate(lines) if not json.loads(x)["error"])
+    lines[first] = json.dumps({**json.loads(lines[first]), "rescaled_imgsz": 576})
+    (out / "fields.jsonl").write_text("\n".join(lines) + "\n")
     gt = json.loads((fields / "ground_truth.json").read_text())
     classes = ["WBC", "RBC", "Platelets"]
     coco = {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": c} for i, c in enumerate(classes)]}
@@ -59,6 +63,7 @@ import json, sys
 import fiftyone as fo
 ds = fo.load_dataset(sys.argv[1])
 print(json.dumps({"n": len(ds), "failed": len(ds.match_tags("failed")), "info": ds.info,
+                  "small": len(ds.match_tags("small_cells")),
                   "views": ds.list_saved_views(),
                   "n_gt": ds.count("ground_truth.detections"), "n_pred": ds.count("predictions.detections"),
                   "tp": ds.sum("eval_tp"), "fp": ds.sum("eval_fp"), "fn": ds.sum("eval_fn"),
@@ -82,7 +87,7 @@ def test_review_builds_dataset_with_evaluation(review_run, tiny_models):
     assert c.returncode == 0, c.stderr[-3000:]
     res = json.loads(c.stdout.strip().splitlines()[-1])
     recs = [json.loads(x) for x in (review_run["run"] / "fields.jsonl").read_text().splitlines()]
-    assert res["n"] == len(recs) == 7 and res["failed"] == 1
+    assert res["n"] == len(recs) == 7 and res["failed"] == 1 and res["small"] == 1
     assert res["n_gt"] == review_run["n_gt_boxes"]
     assert res["n_pred"] == sum(len(x["cells"]) for x in recs)
     # every ground-truth box is a TP or an FN; every prediction of an evaluated field a TP or an FP
