@@ -130,24 +130,21 @@ def red_cell_size(det: Detections, image_hw: tuple[int, int], imgsz: int, cfg: d
     return float(np.median((b[:, 2] - b[:, 0] + b[:, 3] - b[:, 1]) / 2)) * imgsz / max(image_hw)
 
 
-def field_scale_size(det: Detections, image_hw: tuple[int, int], imgsz: int, cfg: dict) -> tuple[int, float | None]:
-    """The input size to detect an image at, given its detections at ``imgsz``, and the measured median size of its
-    red cells on that input (``red_cell_size``; None: too few to measure).
+def field_scale_size(det: Detections, image_hw: tuple[int, int], imgsz: int, cfg: dict,
+                     at: int | None = None) -> tuple[int, float | None]:
+    """The input size to detect an image at, given its detections on an ``at`` px input (default ``imgsz``, the
+    config's size), and the measured median size of its red cells on that input (``red_cell_size``; None: too few
+    to measure).
 
-    When that median is below ``scale_below_px`` the image is smaller-scaled than the training fields (a lower
-    magnification or a downsampled capture): the returned size brings it to ``scale_target_px`` (rounded up to a
-    multiple of 32, at most ``max_imgsz``). Otherwise ``imgsz`` itself."""
-    median = red_cell_size(det, image_hw, imgsz, cfg)
-    if median is None or median >= cfg["scale_below_px"]:
+    When that median, seen at ``imgsz``, is below ``scale_below_px`` the image is smaller-scaled than the training
+    fields (a lower magnification or a downsampled capture): the returned size brings it to ``scale_target_px``
+    (rounded up to a multiple of 32, between ``imgsz`` and ``max_imgsz``). Otherwise ``imgsz`` itself."""
+    at = at or imgsz
+    median = red_cell_size(det, image_hw, at, cfg)
+    if median is None or median * imgsz / at >= cfg["scale_below_px"]:
         return imgsz, median
-    return _target_size(median, imgsz, imgsz, cfg), median
-
-
-def _target_size(median: float, at: int, imgsz: int, cfg: dict) -> int:
-    """The input size (multiple of 32, between ``imgsz`` and ``max_imgsz``) that brings red cells measured ``median``
-    px on an ``at`` px input to ``scale_target_px``."""
     size = -(-at * cfg["scale_target_px"] / max(median, 1e-6) // 32) * 32
-    return int(min(max(size, imgsz), cfg["max_imgsz"]))
+    return int(min(max(size, imgsz), cfg["max_imgsz"])), median
 
 
 class AutoScaleDetector:
@@ -184,11 +181,9 @@ class AutoScaleDetector:
                 unmeasured.append(i)
         if unmeasured:  # too few red cells at imgsz: are they too small to be found there?
             for i, d in zip(unmeasured, self.inner.detect([images[i] for i in unmeasured], imgsz=top)):
-                hw = images[i].shape[:2]
-                median = red_cell_size(d, hw, top, self.cfg)
-                if median is None or median * self.imgsz / top >= self.cfg["scale_below_px"]:
+                size, _ = field_scale_size(d, images[i].shape[:2], self.imgsz, self.cfg, at=top)
+                if size == self.imgsz:
                     continue  # still unmeasurable, or not small after all: the first pass stands
-                size = _target_size(median, top, self.imgsz, self.cfg)
                 if size == top:
                     dets[i] = dataclasses.replace(d, imgsz=top)
                 else:

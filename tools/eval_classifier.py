@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     classes = check_task(args.task)
     samples = load_samples(args.task, args.split)
     run = Path(args.run)
-    origin = {str(p.resolve()): str(p.resolve()) for p, _ in samples}  # image the pipeline sees -> original
+    origin = {}  # downscaled copy the pipeline sees -> original image
     if args.scale < 1.0:
         samples, origin = scaled_copies(samples, args.scale, run / "scaled")
     if not (run / "fields.jsonl").exists():
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             probs.append([c["classes"][args.task]["probs"][k] for k in classes])
             y.append(classes.index(truth[rec["path"]]))
             final.append(c["label"])
-            src.append("lmu_aml" if "/lmu_aml/" in origin[rec["path"]] else "pbc")
+            src.append("lmu_aml" if "/lmu_aml/" in origin.get(rec["path"], rec["path"]) else "pbc")
     if not y:
         print(f"error: no {args.task} results for the {args.split} split in {run}", file=sys.stderr)
         return 2
