@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.1 <= args.scale <= 1.0:
         ap.error(f"--scale must be in [0.1, 1], not {args.scale}")
 
-    from classification.data import load_samples
+    from classification.data import load_samples, source_of
     from classification.metrics import format_report, summarize
     from classification.taxonomies import check_task
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             probs.append([c["classes"][args.task]["probs"][k] for k in classes])
             y.append(classes.index(truth[rec["path"]]))
             final.append(c["label"])
-            src.append("lmu_aml" if "/lmu_aml/" in origin.get(rec["path"], rec["path"]) else "pbc")
+            src.append(source_of(origin.get(rec["path"], rec["path"])) or "pbc")
     if not y:
         print(f"error: no {args.task} results for the {args.split} split in {run}", file=sys.stderr)
         return 2
