@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("weights")
-    ap.add_argument("--command", action="append", default=[], help="training command(s), in order")
+    ap.add_argument("--command", action="append", default=[], help="training command(s), in order; one starting with tools/ is shown "
+                    "run by .venv/bin/python")
     ap.add_argument("--note", action="append", default=[], help="extra paragraph(s)")
     args = ap.parse_args(argv)
 
@@ -44,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
              f"| training | {len(hist)} epochs run; config `train`: {cfg.get('train')} |",
              f"| date | {meta['date']} |", ""]
     if args.command:
-        lines += ["## Training commands", ""] + [f"    .venv/bin/python {c}" for c in args.command] + [""]
+        # a project tool runs in the project's venv; other steps (git, cp) are shown as given
+        cmds = [f".venv/bin/python {c}" if c.startswith("tools/") else c for c in args.command]
+        lines += ["## Training commands", ""] + [f"    {c}" for c in cmds] + [""]
     for split in ("val", "test"):
         if split in m:
             lines += [f"## {split} split (2-core CPU evaluation, fixed split of ../shared/data)", "", "```",

@@ -51,10 +51,14 @@ def main(argv: list[str] | None = None) -> int:
                   ["--config", args.config, "--device", args.device])
     if rc:
         return rc
+    def subtype(lab: str) -> str:
+        lab = PARENT.get(lab, lab) if lab in ("band_neutrophil", "segmented_neutrophil") else lab
+        return lab if lab in SUBTYPES else "other"
+
     res = {}
     recs = {Path(json.loads(x)["path"]).stem: json.loads(x) for x in (run / "fields.jsonl").read_text().splitlines()}
     for task in ("pbc8", "wang11"):
-        probs, y, missed = [], [], 0
+        probs, y, missed, outside = [], [], 0, {}
         for i in ids:
             wbc = [c for c in recs.get(i, {}).get("cells", []) if c["det_label"] == "WBC" and task in c["classes"]]
             if not wbc:
@@ -63,17 +67,22 @@ def main(argv: list[str] | None = None) -> int:
             c = max(wbc, key=lambda c: c["det_score"])
             p = {s: 0.0 for s in SUBTYPES + ["other"]}
             for lab, v in c["classes"][task]["probs"].items():
-                lab = PARENT.get(lab, lab) if lab in ("band_neutrophil", "segmented_neutrophil") else lab
-                p[lab if lab in SUBTYPES else "other"] += v
+                p[subtype(lab)] += v
+            top = c["classes"][task]["label"]  # the finest top class, e.g. blast or platelet: not a BCCD subtype
+            if subtype(top) == "other":
+                outside[top] = outside.get(top, 0) + 1
             probs.append([p[s] for s in SUBTYPES + ["other"]])
             y.append(SUBTYPES.index(sub[i]))
         if not y:
             continue
         m = summarize(np.asarray(probs), np.asarray(y), SUBTYPES + ["other"])
         m["fields_without_wbc"] = missed
+        m["top_class_outside_subtypes"] = dict(sorted(outside.items(), key=lambda kv: -kv[1]))
         res[task] = m
         print(f"== {task} on BCCD {args.split} ({len(y)} fields, {missed} without a WBC detection)")
         print(format_report(m))
+        print(f"top {task} class of the field's most confident WBC, where not a BCCD subtype: "
+              f"{m['top_class_outside_subtypes'] or 'none'}")
     (run / "bccd_subtypes_eval.json").write_text(json.dumps(res, indent=1))
     return 0
 
