@@ -392,7 +392,8 @@ def test_cascade_fuses_a_later_stage_into_an_earlier_verdict(tmp_path):
     cfg = load_pipeline_config(ROOT / "configs" / "pipeline" / "default.yaml")
     assert [st["fuse_into"] for st in cfg["classifiers"]][:2] == [None, "pbc8"]
     for old, bad, match in (("fuse_into: pbc8", "fuse_into: wang11", "not the task of an earlier stage"),
-                            ("fuse_weight: 0.5", "fuse_weight: -1", "fuse_weight must be >= 0")):
+                            ("fuse_weight: 1.0", "fuse_weight: -1", "fuse_weight must be >= 0")):
+        assert old in text, old  # the shipped config still has the line this check breaks
         (tmp_path / "bad.yaml").write_text(text.replace(old, bad))
         with pytest.raises(ConfigError, match=match):
             load_pipeline_config(tmp_path / "bad.yaml")
