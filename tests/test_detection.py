@@ -218,7 +218,8 @@ def test_annotation_review_adds_missed_cells_and_ignores_regions(tmp_path):
     m = coco_evaluate(reviewed, preds, ["WBC"])
     assert m["per_class"]["WBC"]["AP50"] == 1.0
     assert m["gt_boxes"] == {"WBC": 2} and m["ignore_regions"] == {"WBC": 1}
-    for bad in ("  a.jpg: {add: [{label: RBC, box: [0, 0, 5, 5]}]}", "  a.jpg: {add: [{label: WBC, box: [5, 0, 1, 5]}]}",
+    for bad in ("  a.jpg: {add: [{label: RBC, box: [0, 0, 5, 5]}]}",
+                "  a.jpg: {add: [{label: WBC, box: [5, 0, 1, 5]}]}",
                 "  a.jpg: {remove: []}"):
         (tmp_path / "bad.yaml").write_text(f"dataset: toy\nreviewed: x\nclasses: [WBC]\nfields:\n{bad}\n")
         with pytest.raises(ConfigError):

@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("weights")
-    ap.add_argument("--command", action="append", default=[], help="training command(s), in order; one starting with tools/ is shown "
-                    "run by .venv/bin/python")
+    ap.add_argument("--command", action="append", default=[],
+                    help="training command(s), in order; one starting with tools/ is shown run by .venv/bin/python")
     ap.add_argument("--note", action="append", default=[], help="extra paragraph(s)")
     args = ap.parse_args(argv)
 
