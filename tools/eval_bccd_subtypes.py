@@ -15,6 +15,7 @@ import argparse
 import csv
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,14 +52,15 @@ def main(argv: list[str] | None = None) -> int:
                   ["--config", args.config, "--device", args.device])
     if rc:
         return rc
-    def subtype(lab: str) -> str:
+
+    def subtype(lab: str) -> str:  # the BCCD subtype a class counts as: wang11's band / segmented are neutrophils
         lab = PARENT.get(lab, lab) if lab in ("band_neutrophil", "segmented_neutrophil") else lab
         return lab if lab in SUBTYPES else "other"
 
     res = {}
     recs = {Path(json.loads(x)["path"]).stem: json.loads(x) for x in (run / "fields.jsonl").read_text().splitlines()}
     for task in ("pbc8", "wang11"):
-        probs, y, missed, outside = [], [], 0, {}
+        probs, y, missed, outside = [], [], 0, Counter()
         for i in ids:
             wbc = [c for c in recs.get(i, {}).get("cells", []) if c["det_label"] == "WBC" and task in c["classes"]]
             if not wbc:
@@ -70,14 +72,14 @@ def main(argv: list[str] | None = None) -> int:
                 p[subtype(lab)] += v
             top = c["classes"][task]["label"]  # the finest top class, e.g. blast or platelet: not a BCCD subtype
             if subtype(top) == "other":
-                outside[top] = outside.get(top, 0) + 1
+                outside[top] += 1
             probs.append([p[s] for s in SUBTYPES + ["other"]])
             y.append(SUBTYPES.index(sub[i]))
         if not y:
             continue
         m = summarize(np.asarray(probs), np.asarray(y), SUBTYPES + ["other"])
         m["fields_without_wbc"] = missed
-        m["top_class_outside_subtypes"] = dict(sorted(outside.items(), key=lambda kv: -kv[1]))
+        m["top_class_outside_subtypes"] = dict(outside.most_common())
         res[task] = m
         print(f"== {task} on BCCD {args.split} ({len(y)} fields, {missed} without a WBC detection)")
         print(format_report(m))
