@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         return lab if lab in SUBTYPES else "other"
 
     res = {}
-    recs = {Path(json.loads(x)["path"]).stem: json.loads(x) for x in (run / "fields.jsonl").read_text().splitlines()}
+    recs = [json.loads(x) for x in (run / "fields.jsonl").read_text().splitlines()]
+    recs = {Path(r["path"]).stem: r for r in recs}
     for task in ("pbc8", "wang11"):
         probs, y, missed, outside = [], [], 0, Counter()
         for i in ids:
