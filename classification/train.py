@@ -56,6 +56,8 @@ TRAIN_SCHEMA = {
     "translate": Field(float, 0.08, "random shift, fraction of the size"),
     "color": Field(float, 0.2, "brightness / contrast / saturation jitter"),
     "stain": Field(float, 0.08, "per-channel gain jitter (stain hue differences between labs)"),
+    "gamma": Field(float, 0.0, "tone-curve jitter: every crop becomes x ** g, log g uniform in +-log(1 + gamma) (other "
+                               "cameras' tone curves, which Reinhard normalization's mean / std leave); 0 = off"),
     "blur": Field(float, 0.0, "Gaussian blur of half of each batch, sigma up to this (px at the input size): focus "
                               "and optics of other microscopes; 0 = off"),
     "resolution": Field(float, 1.0, "half of each batch is sampled down to a random [resolution, 1] of the input size "
@@ -102,6 +104,9 @@ def augment(x, cfg: dict, gen):
         x = x * b
     if cfg["stain"] > 0:
         x = x * (1 + (torch.rand(n, 3, 1, 1, generator=gen) * 2 - 1) * cfg["stain"])
+    if cfg.get("gamma", 0.0) > 0:
+        g = torch.exp((torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * math.log1p(cfg["gamma"]))
+        x = x.clamp_(1e-4, 1) ** g
     return degrade(x.clamp_(0, 1), cfg, gen)
 
 

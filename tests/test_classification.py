@@ -212,6 +212,23 @@ def test_degradation_augmentation_keeps_shape_range_and_seed():
     assert 0 < int(changed.sum()) < 16  # a part of the batch, not all or nothing
 
 
+def test_gamma_augmentation_bends_tone_curve_per_crop():
+    import torch
+
+    from classification.train import TRAIN_SCHEMA, augment
+    from pipelines.config import validate
+
+    x = torch.full((64, 3, 8, 8), 0.5)
+    base = {"rotate": False, "scale": 0.0, "translate": 0.0, "color": 0.0, "stain": 0.0}
+    off = augment(x, validate(base, TRAIN_SCHEMA, "t"), torch.Generator().manual_seed(0))
+    assert torch.allclose(off, x)
+    y = augment(x, validate({**base, "gamma": 0.5}, TRAIN_SCHEMA, "t"), torch.Generator().manual_seed(0))
+    v = y[:, 0, 0, 0]
+    assert torch.allclose(y, v.view(-1, 1, 1, 1).expand_as(y))  # one exponent per crop
+    assert v.min() < 0.45 and v.max() > 0.55  # both darker and lighter crops
+    assert v.min() >= 0.5 ** 1.5 - 1e-6 and v.max() <= 0.5 ** (1 / 1.5) + 1e-6  # g within [1/1.5, 1.5]
+
+
 def test_tiny_training_run_learns_and_writes_card(tmp_path):
     """Two colour classes drawn in code: a tiny CNN must separate them, and the checkpoint carries the card."""
     from classification.train import train_classifier
