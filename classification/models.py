@@ -86,6 +86,49 @@ def save_checkpoint(path: Path, model, arch: str, task: str, classes: list[str],
     return path
 
 
+def adapt_batchnorm(model, x_uint8, mean, std, alpha: float = 0.5, batch: int = 64, seed: int = 0) -> dict:
+    """AdaBN: set every BatchNorm layer's running statistics to ``alpha * those of the crops x_uint8 (N, S, S, 3,
+    prepared as at inference; each also rotated by 90 / 270 degrees and mirrored) + (1 - alpha) * the current
+    ones``. Weights are untouched; the model is left in eval mode. Returns the mean absolute change of the running
+    means and variances. Raises ``ValueError`` for a model without batch norm."""
+    import numpy as np
+    import torch
+
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        raise ValueError("the network has no batch-norm layers: nothing to adapt")
+    old = [(m.running_mean.clone(), m.running_var.clone(), m.momentum) for m in bns]
+    views = np.concatenate([x_uint8, x_uint8[:, :, ::-1], np.rot90(x_uint8, 1, axes=(1, 2)),
+                            np.rot90(x_uint8, 3, axes=(1, 2))])
+    order = np.random.default_rng(seed).permutation(len(views))
+    dev = next(model.parameters()).device
+    m_t = torch.tensor(mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    s_t = torch.tensor(std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all batches
+    model.train()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(views), batch):
+                sel = order[i:i + batch]
+                if len(sel) < 2:  # batch norm needs two samples in train mode
+                    continue
+                t = torch.from_numpy(np.ascontiguousarray(views[sel])).to(dev).permute(0, 3, 1, 2).float() / 255
+                model((t - m_t) / s_t)
+    finally:
+        model.eval()
+    d_mean = d_var = 0.0
+    for m, (rm, rv, mom) in zip(bns, old):
+        m.running_mean.mul_(alpha).add_(rm * (1 - alpha))
+        m.running_var.mul_(alpha).add_(rv * (1 - alpha))
+        m.momentum = mom
+        d_mean += float((m.running_mean - rm).abs().mean())
+        d_var += float((m.running_var - rv).abs().mean())
+    return {"bn_layers": len(bns), "mean_abs_change_running_mean": round(d_mean / len(bns), 6),
+            "mean_abs_change_running_var": round(d_var / len(bns), 6)}
+
+
 def load_checkpoint(path: Path, device: str = "cpu"):
     """Load a checkpoint; returns ``(model in eval mode, meta dict without state_dict)``."""
     import torch

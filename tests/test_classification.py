@@ -485,3 +485,83 @@ def test_sample_weights_balance_classes_or_class_source_groups():
     pred = np.array([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1])
     assert val_score(pred, y, "accuracy") == pytest.approx(10 / 12)
     assert val_score(pred, y, "mean_class_accuracy") == pytest.approx((1 + 0.5) / 2)
+
+
+def test_adapt_batchnorm_mixes_statistics_and_keeps_weights():
+    import torch
+
+    from classification.models import adapt_batchnorm
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.integers(150, 256, (40, 32, 32, 3), dtype=np.uint8)  # a "laboratory" brighter than the training one
+    m = build_backbone("tiny_cnn", 3)
+    bn = [mod for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d)]
+    before = [(b.running_mean.clone(), b.running_var.clone()) for b in bn]
+    weights = {k: v.clone() for k, v in m.state_dict().items() if "running" not in k and "num_batches" not in k}
+    res0 = adapt_batchnorm(m, x, (0.5,) * 3, (0.25,) * 3, alpha=0.0)
+    assert all(torch.allclose(b.running_mean, rm) and torch.allclose(b.running_var, rv)
+               for b, (rm, rv) in zip(bn, before))
+    assert res0["bn_layers"] == 2 and res0["mean_abs_change_running_mean"] == 0.0
+    full = adapt_batchnorm(m, x, (0.5,) * 3, (0.25,) * 3, alpha=1.0)
+    adapted = [b.running_mean.clone() for b in bn]
+    assert not torch.allclose(adapted[0], before[0][0])
+    for b, (rm, rv) in zip(bn, before):  # back to the training statistics for the half-way check
+        b.running_mean.copy_(rm), b.running_var.copy_(rv)
+    half = adapt_batchnorm(m, x, (0.5,) * 3, (0.25,) * 3, alpha=0.5)
+    assert torch.allclose(bn[0].running_mean, (adapted[0] + before[0][0]) / 2, atol=1e-5)
+    assert abs(half["mean_abs_change_running_mean"] - full["mean_abs_change_running_mean"] / 2) < 1e-4
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in weights.items())  # weights untouched
+    assert not m.training and all(b.momentum == 0.1 for b in bn)
+    with pytest.raises(ValueError, match="no batch-norm"):
+        adapt_batchnorm(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), x, (0.5,) * 3, (0.25,) * 3)
+
+
+def test_adapt_classifier_tool_writes_adapted_checkpoint(tmp_path, tiny_models):
+    import torch
+
+    from classification.classifier import Classifier
+    from pipelines.io import write_image
+    from tools.adapt_classifier import main
+
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(30):
+        write_image(cells / f"c{i}.png", rng.integers(120, 256, (40, 40, 3), dtype=np.uint8))
+    (cells / "broken.png").write_bytes(b"not an image")
+    src = tiny_models["pbc8_ckpt"]
+    out = tmp_path / "adapted.pt"
+    assert main(["--weights", str(src), "--cells", str(cells), "--out", str(out), "--min-crops", "100"]) == 2
+    assert not out.exists()  # too few crops: nothing written
+    assert main(["--weights", str(src), "--cells", str(cells), "--out", str(src)]) == 2  # never overwrites
+    assert main(["--weights", str(src), "--cells", str(cells), "--out", str(out), "--alpha", "1.5"]) == 2
+    assert main(["--weights", str(src), "--cells", str(cells), "--out", str(out), "--min-crops", "20",
+                 "--alpha", "0.7"]) == 0
+    a, b = Classifier(src), Classifier(out)
+    assert b.meta["adaptation"]["alpha"] == 0.7 and b.meta["adaptation"]["crops"] == 30
+    assert b.classes == a.classes and b.temperature == a.temperature
+    sa, sb = torch.load(src, weights_only=False)["state_dict"], torch.load(out, weights_only=False)["state_dict"]
+    assert any(not torch.equal(sa[k], sb[k]) for k in sa if "running_mean" in k)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa if "running" not in k and "num_batches" not in k)
+    crops = [rng.integers(0, 256, (40, 40, 3), dtype=np.uint8) for _ in range(4)]
+    assert b.classify(crops).shape == (4, len(a.classes))
+
+
+def test_adapt_classifier_run_crops_frames_wbc_detections(tmp_path):
+    import json
+
+    from pipelines.io import write_image
+    from tools.adapt_classifier import run_crops
+
+    write_image(tmp_path / "f.png", np.full((100, 120, 3), 200, np.uint8))
+    recs = [{"path": str(tmp_path / "f.png"), "cells": [{"box": [40, 40, 60, 60], "det_label": "WBC"},
+                                                      {"box": [0, 0, 10, 10], "det_label": "RBC"},
+                                                      {"box": [90, 70, 110, 90], "det_label": "WBC"}]},
+            {"path": str(tmp_path / "gone.png"), "cells": [{"box": [0, 0, 20, 20], "det_label": "WBC"}]},
+            {"path": str(tmp_path / "f.png"), "cells": []}]
+    (tmp_path / "fields.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    notes = []
+    crops = run_crops(tmp_path, {"WBC"}, 0.75, log=notes.append)
+    assert [c.shape for c in crops] == [(50, 50, 3), (50, 50, 3)]  # 20 px box * (1 + 2 * 0.75)
+    assert any("gone.png" in n for n in notes) and any("1 field(s)" in n for n in notes)
