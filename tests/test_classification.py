@@ -535,6 +535,8 @@ def test_adapt_classifier_tool_writes_adapted_checkpoint(tmp_path, tiny_models):
     assert main(["--weights", str(src), "--cells", str(cells), "--out", str(out), "--min-crops", "100"]) == 2
     assert not out.exists()  # too few crops: nothing written
     assert main(["--weights", str(src), "--cells", str(cells), "--out", str(src)]) == 2  # never overwrites
+    (tmp_path / "m.onnx").write_bytes(b"onnx")
+    assert main(["--weights", str(tmp_path / "m.onnx"), "--cells", str(cells), "--out", str(out)]) == 2
     assert main(["--weights", str(src), "--cells", str(cells), "--out", str(out), "--alpha", "1.5"]) == 2
     assert main(["--weights", str(src), "--cells", str(cells), "--out", str(out), "--min-crops", "20",
                  "--alpha", "0.7"]) == 0

@@ -17,8 +17,9 @@ The checkpoint records what it was adapted on (``adaptation``). Name it (or its 
 stage's ``weights``.
 
 Use crops of one laboratory's usual mix of cells (hundreds, not a few): the statistics are those of the crops you
-give; crops of a single cell type or of a different lab skew them. What it did on BCCD is in the README ("Adapting
-to your laboratory"): measure on labelled cells of your own before relying on it.
+give; crops of a single cell type or of a different lab skew them. What it did on BCCD and Raabin-WBC smears is in
+the README ("Blasts: morphology or laboratory? Other laboratories' cells?"): measure on labelled cells of your own
+before relying on it.
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     weights, out = Path(args.weights), Path(args.out)
     if not weights.is_file():
         return err(f"weights not found: {weights}")
+    if weights.suffix.lower() == ".onnx":
+        return err(f"{weights}: give the .pt checkpoint (export the adapted one with tools/export_onnx.py)")
     if out.resolve() == weights.resolve():
         return err("--out must differ from --weights (the original stays as it is)")
     if not 0.0 <= args.alpha <= 1.0:
