@@ -94,12 +94,15 @@ def adapt_batchnorm(model, x_uint8, mean, std, alpha: float = 0.5, batch: int = 
     import numpy as np
     import torch
 
+    from classification.classifier import tta_views
+    from classification.train import to_tensor
+
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not bns:
         raise ValueError("the network has no batch-norm layers: nothing to adapt")
     old = [(m.running_mean.clone(), m.running_var.clone(), m.momentum) for m in bns]
-    views = np.concatenate([x_uint8, x_uint8[:, :, ::-1], np.rot90(x_uint8, 1, axes=(1, 2)),
-                            np.rot90(x_uint8, 3, axes=(1, 2))])
+    v = tta_views(x_uint8, 8)
+    views = np.concatenate([v[0], v[4], v[1], v[3]])  # as given, mirrored, rotated by 90 and by 270 degrees
     order = np.random.default_rng(seed).permutation(len(views))
     dev = next(model.parameters()).device
     m_t = torch.tensor(mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
@@ -114,8 +117,7 @@ def adapt_batchnorm(model, x_uint8, mean, std, alpha: float = 0.5, batch: int = 
                 sel = order[i:i + batch]
                 if len(sel) < 2:  # batch norm needs two samples in train mode
                     continue
-                t = torch.from_numpy(np.ascontiguousarray(views[sel])).to(dev).permute(0, 3, 1, 2).float() / 255
-                model((t - m_t) / s_t)
+                model((to_tensor(views[sel]).to(dev) - m_t) / s_t)
     finally:
         model.eval()
     d_mean = d_var = 0.0

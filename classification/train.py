@@ -104,7 +104,7 @@ def augment(x, cfg: dict, gen):
         x = x * b
     if cfg["stain"] > 0:
         x = x * (1 + (torch.rand(n, 3, 1, 1, generator=gen) * 2 - 1) * cfg["stain"])
-    if cfg.get("gamma", 0.0) > 0:
+    if cfg["gamma"] > 0:
         g = torch.exp((torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * math.log1p(cfg["gamma"]))
         x = x.clamp_(1e-4, 1) ** g
     return degrade(x.clamp_(0, 1), cfg, gen)

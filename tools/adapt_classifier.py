@@ -124,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         shift = adapt_batchnorm(clf.model, x, clf.meta["mean"], clf.meta["std"], args.alpha, args.batch)
     except ValueError as e:
         return err(f"{weights}: {e}")
-    ck = torch.load(weights, map_location="cpu", weights_only=False)
-    ck["state_dict"] = {k: v.detach().cpu() for k, v in clf.model.state_dict().items()}
+    ck = {**clf.meta, "state_dict": {k: v.detach().cpu() for k, v in clf.model.state_dict().items()}}
     ck["adaptation"] = {"method": "batch-norm statistics (AdaBN)", "alpha": args.alpha, "crops": len(crops),
                         "views_per_crop": 4, "source": str(args.run or " ".join(args.cells)),
                         "from_weights": weights.name, "date": datetime.date.today().isoformat()}
