@@ -155,6 +155,14 @@ class _CropClassifier:
     tta: int = 1  # test-time views, see tta_views
     tta_below: float = 1.0  # extra views only for cells whose single-view top probability is below this
 
+    @property
+    def views(self) -> dict[str, list[str]]:
+        """Taxonomies whose verdicts this classifier's output also gives (``taxonomies.VIEWS``: a fine13 network
+        answers pbc8 and wang11), name -> classes; empty for a classifier of one taxonomy."""
+        from classification.taxonomies import TAXONOMIES, VIEWS
+
+        return {v: TAXONOMIES[v] for v in VIEWS.get(self.task, [])}
+
     def preprocess(self, crops: list[np.ndarray]) -> np.ndarray:
         """Crops -> uint8 NHWC at the input size (border-replicated to square, then resized; stain-normalized when
         the checkpoint has a ``stain_reference``)."""

@@ -4,6 +4,10 @@ A sample is ``(path, label)`` with ``label`` a class name of the task's taxonomy
 - ``pbc8``: PBC ``class8``.
 - ``wang11``: PBC fine labels (``PBC_FINE_TO_WANG11``) + lmu_aml blasts and segmented neutrophils. PBC's unspecified
   ``neutrophil`` and ``ig`` fine labels, erythroblasts and platelets have no wang11 class and are left out.
+- ``fine13``: every PBC cell (unspecified ``neutrophil`` / ``ig`` keep that coarse label, see
+  ``taxonomies.COARSE_LABELS``) + lmu_aml + labelled cell sets (``labels.csv`` of ``tools/prepare_cells.py`` or
+  of a review export: ``path,label[,split]``, paths relative to the CSV; e.g. BCCD's detected leukocytes with their
+  per-field subtype).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from classification.taxonomies import LMU_TO_WANG11, PBC_FINE_TO_WANG11, check_task
+from classification.taxonomies import COARSE_LABELS, LMU_TO_WANG11, PBC_FINE_TO_WANG11, check_task
 from pipelines.config import data_root
 
 
@@ -24,13 +28,45 @@ def _manifest(name: str) -> tuple[Path, list[dict]]:
         return root, list(csv.DictReader(f))
 
 
-def load_samples(task: str, split: str, sources: list[str] | None = None) -> list[tuple[Path, str]]:
+def load_label_csv(path, split: str | None = None) -> list[tuple[Path, str]]:
+    """Labelled cells of a ``labels.csv`` (header ``path,label`` and optionally ``split``; ``path`` relative to the
+    CSV's folder): ``(absolute path, lower-case label)`` of rows with a label (and of ``split`` when given).
+    Raises ``ValueError`` when the header lacks ``path`` or ``label``."""
+    path = Path(path)
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and not {"path", "label"} <= set(rows[0]):
+        raise ValueError(f"{path}: needs a header with 'path' and 'label' columns, got {sorted(rows[0])}")
+    return [(path.parent / r["path"], r["label"].strip().lower()) for r in rows
+            if r["label"].strip() and (split is None or r.get("split") == split)]
+
+
+def load_samples(task: str, split: str, sources: list[str] | None = None,
+                 cell_sets: dict[str, str] | None = None) -> list[tuple[Path, str]]:
     """Samples ``(image path, class name)`` of ``task`` in ``split`` (train / val / test).
 
-    ``sources`` restricts the datasets (``pbc``, ``lmu_aml``); default: every source the task uses.
+    ``sources`` restricts the datasets (``pbc``, ``lmu_aml``); default: every source the task uses. ``cell_sets``
+    (fine13 only): ``{name: labels.csv}`` with a ``split`` column, added to them.
     """
     classes = set(check_task(task))
     out = []
+    if task == "fine13":
+        classes |= set(COARSE_LABELS)
+        sources = sources or ["pbc", "lmu_aml"]
+        if "pbc" in sources:
+            root, rows = _manifest("pbc")
+            out += [(root / r["path"], r["fine_label"]) for r in rows if r["split"] == split]
+        if "lmu_aml" in sources:
+            root, rows = _manifest("lmu_aml")
+            out += [(root / r["path"], r["label"]) for r in rows if r["split"] == split]
+        for name, csv_path in (cell_sets or {}).items():
+            from pipelines.config import resolve_path
+
+            p = resolve_path(csv_path)
+            if not p.exists():
+                raise FileNotFoundError(f"cell set {name}: {p} not found (make it with tools/prepare_cells.py)")
+            out += load_label_csv(p, split)
+        cell_sets = None
     if task == "pbc8":
         sources = sources or ["pbc"]
         if "pbc" in sources:
@@ -45,9 +81,11 @@ def load_samples(task: str, split: str, sources: list[str] | None = None) -> lis
         if "lmu_aml" in sources:
             root, rows = _manifest("lmu_aml")
             out += [(root / r["path"], LMU_TO_WANG11[r["label"]]) for r in rows if r["split"] == split]
-    else:
+    elif task != "fine13":
         raise FileNotFoundError(f"no public training data for task '{task}' here; train it on your own images with "
                                 "a folder-per-class dataset (--data-dir)")
+    if cell_sets:
+        raise ValueError(f"cell_sets are for task fine13, not {task}")
     bad = {lab for _, lab in out if lab not in classes}
     assert not bad, f"labels outside the taxonomy: {bad}"
     return out
@@ -66,7 +104,8 @@ def load_folder_samples(root: Path, classes: list[str]) -> list[tuple[Path, str]
 
 
 def load_array(samples: list[tuple[Path, str]], classes: list[str], size: int, progress: bool = False):
-    """Decode, pad to square and resize every sample once: ``(uint8 N x size x size x 3 RGB, int64 labels)``."""
+    """Decode, pad to square and resize every sample once: ``(uint8 N x size x size x 3 RGB, int64 labels)``;
+    a label is its index in ``classes`` (for fine13: ``train_labels``, the classes then the coarse labels)."""
     import numpy as np
 
     from pipelines.io import read_image, square_resize
@@ -83,10 +122,14 @@ def load_array(samples: list[tuple[Path, str]], classes: list[str], size: int, p
     return x, y
 
 
+SOURCES = ("pbc", "lmu_aml", "bccd", "txl_pbc")
+
+
 def source_of(path: Path) -> str | None:
-    """Dataset folder a sample comes from (``pbc``, ``lmu_aml``), from its path under the data root."""
+    """Laboratory a sample comes from (``SOURCES``: a folder of that name in its path, e.g. ../shared/data/pbc/ or
+    runs/cells/bccd/), None when unknown."""
     parts = Path(path).parts
-    for name in ("pbc", "lmu_aml"):
+    for name in SOURCES:
         if name in parts:
             return name
     return None
@@ -94,10 +137,10 @@ def source_of(path: Path) -> str | None:
 
 def harmonized_array(samples: list[tuple[Path, str]], classes: list[str], size: int, source: str, reference: str):
     """Copies of the ``source`` samples made to look like ``reference`` (its train images' Lab statistics and the
-    magnification ratio ``SOURCE_ZOOM[source]``), at ``size``: ``(uint8 N x size x size x 3, labels)``."""
+    magnification ratio ``zoom_between(source, reference)``), at ``size``: ``(uint8 N x size x size x 3, labels)``."""
     import numpy as np
 
-    from classification.harmonize import SOURCE_ZOOM, harmonize, reference_stats
+    from classification.harmonize import harmonize, reference_stats, zoom_between
     from pipelines.io import read_image, square_resize
 
     mean, std = reference_stats([p for p, _ in load_samples("pbc8" if reference == "pbc" else "wang11", "train",
@@ -105,5 +148,5 @@ def harmonized_array(samples: list[tuple[Path, str]], classes: list[str], size: 
     picked = [(p, lab) for p, lab in samples if source_of(p) == source]
     x = np.empty((len(picked), size, size, 3), np.uint8)
     for i, (p, _) in enumerate(picked):
-        x[i] = square_resize(harmonize(read_image(p), mean, std, SOURCE_ZOOM.get(source, 1.0)), size)
+        x[i] = square_resize(harmonize(read_image(p), mean, std, zoom_between(source, reference)), size)
     return x, np.array([classes.index(lab) for _, lab in picked], np.int64)

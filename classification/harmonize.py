@@ -11,6 +11,14 @@ import numpy as np
 
 # lmu_aml -> PBC magnification: ratio of red-cell diameters measured on the 224 px images (~45 px vs ~66 px)
 SOURCE_ZOOM = {"lmu_aml": 0.68}
+# Relative magnification of each laboratory's cell images (PBC = 1): harmonizing source -> reference zooms by
+# MAGNIFICATION[reference] / MAGNIFICATION[source].
+MAGNIFICATION = {"pbc": 1.0, "lmu_aml": 1 / SOURCE_ZOOM["lmu_aml"]}
+
+
+def zoom_between(source: str, reference: str) -> float:
+    """Zoom that gives ``source``'s cell images ``reference``'s magnification (1.0 for a laboratory not listed)."""
+    return MAGNIFICATION.get(reference, 1.0) / MAGNIFICATION.get(source, 1.0)
 
 
 def lab_stats(images) -> tuple[np.ndarray, np.ndarray]:
@@ -31,13 +39,17 @@ def reference_stats(paths, n: int = 400) -> tuple[np.ndarray, np.ndarray]:
 
 def harmonize(img: np.ndarray, mean: np.ndarray, std: np.ndarray, zoom: float) -> np.ndarray:
     """Colour-transfer ``img`` (RGB uint8) to Lab statistics ``mean``/``std`` and zoom it by ``zoom`` (< 1 shrinks,
-    borders mirrored); same size out."""
+    borders mirrored; > 1 enlarges and keeps the centre); same size out."""
     import cv2
 
     out = stain_normalize(img[None], mean, std)[0]
     if zoom == 1.0:
         return out
     h, w = out.shape[:2]
+    if zoom > 1.0:
+        big = cv2.resize(out, (max(w, round(w * zoom)), max(h, round(h * zoom))), interpolation=cv2.INTER_LINEAR)
+        y0, x0 = (big.shape[0] - h) // 2, (big.shape[1] - w) // 2
+        return np.ascontiguousarray(big[y0:y0 + h, x0:x0 + w])
     small = cv2.resize(out, (max(1, round(w * zoom)), max(1, round(h * zoom))), interpolation=cv2.INTER_AREA)
     py, px = h - small.shape[0], w - small.shape[1]
     return cv2.copyMakeBorder(small, py // 2, py - py // 2, px // 2, px - px // 2, cv2.BORDER_REFLECT)

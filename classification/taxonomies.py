@@ -13,7 +13,20 @@ TAXONOMIES: dict[str, list[str]] = {
                "lymphocyte", "monocyte", "eosinophil", "basophil", "reactive_lymphocyte"],
     # Rodellar et al. 2022: lymphoid cells of COVID-19 patients.
     "covid_rl": ["normal_lymphocyte", "classic_rl", "covid_rl"],
+    # One label space for one network: wang11's eleven classes plus pbc8's erythroblast and platelet. Its pbc8 and
+    # wang11 verdicts are views of it (VIEWS), consistent by construction.
+    "fine13": ["blast", "promyelocyte", "myelocyte", "metamyelocyte", "band_neutrophil", "segmented_neutrophil",
+               "lymphocyte", "monocyte", "eosinophil", "basophil", "reactive_lymphocyte", "erythroblast", "platelet"],
 }
+
+# Taxonomies a network's output gives as views (summed onto the classes each fine class is or refines, see
+# ``view_matrix``): a fine13 network answers pbc8 and wang11 in one forward pass.
+VIEWS: dict[str, list[str]] = {"fine13": ["pbc8", "wang11"]}
+
+# Coarse labels a training sample may carry instead of a fine13 class (PBC's unspecified neutrophil and ig, BCCD's
+# per-field subtypes): the loss is then on the summed probability of the fine classes that refine it
+# (``label_sets``).
+COARSE_LABELS = ["neutrophil", "ig"]
 
 UNIDENTIFIED = "unidentified"
 
@@ -57,3 +70,39 @@ def refines(fine: str, coarse: str) -> bool:
             return True
         fine = PARENT.get(fine)
     return False
+
+
+def label_sets(labels: list[str], classes: list[str]):
+    """(L, K) 0/1 matrix: row i marks the classes that are or refine ``labels[i]`` (a fine class: itself; a coarse
+    label such as ``neutrophil``: band and segmented neutrophils). Raises ``ValueError`` for a label no class
+    refines."""
+    import numpy as np
+
+    m = np.array([[refines(c, lab) for c in classes] for lab in labels], np.float32)
+    empty = [lab for lab, row in zip(labels, m) if not row.any()]
+    if empty:
+        raise ValueError(f"labels {empty} are not (and are not refined by) any of {classes}")
+    return m
+
+
+def view_matrix(fine: list[str], view: list[str]):
+    """(F, V) 0/1 matrix: fine class f -> the view class it is (first) or refines (fine13's band_neutrophil -> pbc8's
+    neutrophil); rows of fine classes without one are zero (fine13's blast has no pbc8 class and does not vote in
+    the pbc8 view)."""
+    import numpy as np
+
+    m = np.zeros((len(fine), len(view)), np.float64)
+    for i, f in enumerate(fine):
+        j = view.index(f) if f in view else next((j for j, v in enumerate(view) if refines(f, v)), None)
+        if j is not None:
+            m[i, j] = 1.0
+    return m
+
+
+def view_probs(probs, fine: list[str], view: list[str]):
+    """Probabilities (N, V) of the ``view`` taxonomy from (N, F) ``fine`` probabilities: summed onto the view class
+    each fine class refines and renormalized over the mass that has one. float32."""
+    import numpy as np
+
+    q = np.asarray(probs, np.float64) @ view_matrix(fine, view)
+    return (q / np.clip(q.sum(1, keepdims=True), 1e-12, None)).astype(np.float32)

@@ -22,19 +22,38 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Field:
-    """One config key: accepted type(s), default (``REQUIRED`` if none) and what it means."""
+    """One config key: accepted type(s), default (``REQUIRED`` if none), what it means, and optionally the values it
+    may take (``choices``) or the closed range of a number (``min`` / ``max``). None values are not range-checked."""
 
     type: type | tuple[type, ...]
     default: Any
     help: str
+    choices: tuple | None = None
+    min: float | None = None
+    max: float | None = None
+
+    def check(self, key: str, value: Any, where: str) -> None:
+        """Raise ``ConfigError`` when ``value`` is outside ``choices`` or ``[min, max]``."""
+        if value is None:
+            return
+        if self.choices is not None and value not in self.choices:
+            raise ConfigError(f"{where}: key '{key}' must be one of {list(self.choices)}, not {value!r} ({self.help})")
+        if self.min is not None and value < self.min or self.max is not None and value > self.max:
+            lo = "-inf" if self.min is None else self.min
+            hi = "inf" if self.max is None else self.max
+            raise ConfigError(f"{where}: key '{key}' must be in [{lo}, {hi}], not {value!r} ({self.help})")
 
 
 def validate(cfg: dict | None, schema: dict[str, Field], where: str) -> dict:
     """Return ``cfg`` with defaults filled in; raise ``ConfigError`` on unknown, missing or mistyped keys."""
+    import difflib
+
     cfg = dict(cfg or {})
     unknown = sorted(set(cfg) - set(schema))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(schema)}")
+        hints = [f"'{k}' (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(k, schema, 1, 0.6)) else f"'{k}'"
+                 for k in unknown]
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(hints)}; valid keys: {sorted(schema)}")
     out = {}
     for key, f in schema.items():
         if key not in cfg:
@@ -49,6 +68,7 @@ def validate(cfg: dict | None, schema: dict[str, Field], where: str) -> dict:
         if value is not None and not isinstance(value, types):
             names = "/".join(t.__name__ for t in types)
             raise ConfigError(f"{where}: key '{key}' must be {names}, got {type(value).__name__} {value!r} ({f.help})")
+        f.check(key, value, where)
         out[key] = value
     return out
 

@@ -6,6 +6,11 @@ when it refines it (``segmented_neutrophil`` refines ``neutrophil``, ``covid_rl`
 confident; the cell's final ``label`` is that verdict, or ``unidentified`` when its probability is under the deciding
 classifier's ``min_confidence``. Every stage that saw a cell leaves its own entry in ``cell.classes``.
 
+Views: a classifier of a fine label space (``fine13``) writes one entry per taxonomy it gives as a view (pbc8 and
+wang11, ``classification.taxonomies.view_probs``); its verdict in the cascade is its top fine class, or, when that
+is below ``min_confidence``, the first view's class whose summed probability reaches it (band 0.45 + segmented
+0.40: ``neutrophil`` 0.85), else the top fine class (then ``unidentified``).
+
 Fusion: a stage with ``fuse_into: TASK`` also votes on an earlier stage's verdict: on the cells both saw, that
 stage's entry becomes the product of experts of the two (``classification.classifier.fuse_probs``: wang11's
 probabilities summed onto the pbc8 classes they refine). The run's ``versions`` say which entries are fused.
@@ -153,6 +158,9 @@ class Pipeline:
         self.versions = {"leukodiff": own, "torch": torch.__version__,
                          **{s.task: s.classifier.name for s in self.stages}}
         for s in self.stages:
+            for view in s.classifier.views:
+                self.versions[view] = f"{s.classifier.name} ({view} view)"
+        for s in self.stages:
             if s.fuse_into:
                 self.versions[s.fuse_into] += f" + {s.task} fused (weight {s.fuse_weight:g})"
         det_cfg = {**cfg["detector_cfg"], "half": cfg["detector_cfg"]["half"] or half}  # --half reaches it too
@@ -176,15 +184,19 @@ class Pipeline:
         prepared: dict[tuple, np.ndarray] = {}
         resized: dict[int, np.ndarray] = {}
         from classification.classifier import fuse_probs, preprocess_key, resize_crops
-        from classification.taxonomies import refines
+        from classification.taxonomies import refines, view_matrix, view_probs
 
         stage_of = {st.task: st for st in self.stages}
+        seen: list[list[Stage]] = [[] for _ in range(n)]  # the stages that classified each cell, in order
+        fine_top: list[dict] = [{} for _ in range(n)]  # task -> (top class, probability) of view classifiers
 
         def verdict(i: int) -> tuple[str, float, float]:  # the cascade's current (label, score, min_confidence)
             cur = None
-            for task, r in per_cell[i].items():
-                if cur is None or refines(r.label, cur[0]) or r.score > cur[1]:
-                    cur = (r.label, r.score, stage_of[task].min_confidence)
+            for st in seen[i]:
+                label, score = fine_top[i][st.task] if st.task in fine_top[i] else \
+                    (per_cell[i][st.task].label, per_cell[i][st.task].score)
+                if cur is None or refines(label, cur[0]) or score > cur[1]:
+                    cur = (label, score, st.min_confidence)
             return cur
 
         for st in self.stages:
@@ -199,8 +211,28 @@ class Pipeline:
                     resized[size] = resize_crops(crops, size)
                 prepared[key] = clf.prepare_resized(resized[size])
             probs = clf.classify_prepared(prepared[key][idx])
-            for j, i in enumerate(idx):
-                per_cell[i][st.task], raw[i][st.task] = _task_result(clf.classes, probs[j]), probs[j]
+            views = clf.views
+            if views:  # one network, several taxonomies: an entry per view, its own top fine class decides
+                for view, vclasses in views.items():
+                    vp = view_probs(probs, clf.classes, vclasses)
+                    for j, i in enumerate(idx):
+                        per_cell[i][view], raw[i][view] = _task_result(vclasses, vp[j]), vp[j]
+                coarse = {v: probs.astype(np.float64) @ view_matrix(clf.classes, vc) for v, vc in views.items()}
+                for j, i in enumerate(idx):
+                    k = int(probs[j].argmax())
+                    top = (clf.classes[k], float(probs[j][k]))
+                    if top[1] < st.min_confidence:  # unsure between fine classes: a view's class may be sure
+                        for v, vc in views.items():  # (band 0.45 + segmented 0.40 = neutrophil 0.85)
+                            kv = int(coarse[v][j].argmax())
+                            if coarse[v][j][kv] >= st.min_confidence:
+                                top = (vc[kv], float(coarse[v][j][kv]))
+                                break
+                    fine_top[i][st.task] = (top[0], round(top[1], 4))
+            else:
+                for j, i in enumerate(idx):
+                    per_cell[i][st.task], raw[i][st.task] = _task_result(clf.classes, probs[j]), probs[j]
+            for i in idx:
+                seen[i].append(st)
             if st.fuse_into:  # this stage's vote joins an earlier stage's verdict on the cells both saw
                 tgt = stage_of[st.fuse_into].classifier
                 both = [j for j, i in enumerate(idx) if st.fuse_into in raw[i]]

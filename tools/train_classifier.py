@@ -34,8 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     from classification.data import harmonized_array, load_array, load_folder_samples, load_samples, source_of
     from classification.metrics import format_report
     from classification.models import BACKBONES
-    from classification.taxonomies import check_task
-    from classification.train import train_classifier
+    from classification.train import train_classifier, train_labels
     from pipelines.config import load_yaml, resolve_path
 
     cfg = check_classifier_config(load_yaml(args.config), args.config)
@@ -45,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     if out is None:
         print("error: give --out or set 'weights' in the config", file=sys.stderr)
         return 2
-    classes = check_task(cfg["task"])
+    classes = train_labels(cfg["task"])  # the taxonomy's classes (fine13: then its coarse labels)
     size = cfg["input_size"] or BACKBONES[cfg["arch"]][2]
     tcfg = cfg["train"]
     data = {}
@@ -54,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             d = resolve_path(tcfg["data_dir"]) / split
             samples = load_folder_samples(d, classes) if d.exists() else []
         else:
-            samples = load_samples(cfg["task"], split, tcfg.get("sources"))
+            samples = load_samples(cfg["task"], split, tcfg.get("sources"), tcfg.get("cell_sets"))
         if args.limit:
             import random
 
