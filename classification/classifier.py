@@ -178,22 +178,34 @@ class _CropClassifier:
             return np.zeros((0, len(self.classes)), np.float32)
         return self.classify_prepared(self.preprocess(crops))
 
-    def classify_prepared(self, x: np.ndarray) -> np.ndarray:
+    def classify_prepared(self, x: np.ndarray, with_ood: bool = False):
         """Probabilities (N, K) for crops already at the input size (uint8 NHWC). With ``tta`` > 1, cells whose
         top probability on ``x`` is below ``tta_below`` are classified on all ``tta`` views (``tta_views``) and
-        get the views' mean-logit probabilities (``mean_logit_probs``); the others keep the single view's."""
+        get the views' mean-logit probabilities (``mean_logit_probs``); the others keep the single view's.
+        ``with_ood``: returns ``(probs, ood)``, ``ood`` the familiarity scores (N,) of the crops as given
+        (``classification.ood``), or None when the checkpoint has no fitted score."""
         if not len(x):
-            return np.zeros((0, len(self.classes)), np.float32)
-        p = self._probs(x)
+            p = np.zeros((0, len(self.classes)), np.float32)
+            return (p, np.zeros((0,), np.float32) if self.has_ood else None) if with_ood else p
+        p, ood = self._forward(x)
         if self.tta > 1:
             sel = np.flatnonzero(p.max(1) < self.tta_below)
             if len(sel):
                 views = tta_views(x[sel], self.tta)
                 p[sel] = mean_logit_probs([p[sel]] + [self._probs(np.ascontiguousarray(v)) for v in views[1:]])
-        return p
+        return (p, ood) if with_ood else p
+
+    @property
+    def has_ood(self) -> bool:
+        """Whether the checkpoint carries a fitted familiarity score (``meta['ood']``)."""
+        return bool(self.meta.get("ood"))
 
     def _probs(self, x: np.ndarray) -> np.ndarray:
-        """Probabilities for uint8 NHWC crops at the input size, one view (the runtime's forward pass)."""
+        return self._forward(x)[0]
+
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and familiarity scores (None without a fitted score) for uint8 NHWC crops at the input
+        size, one view (the runtime's forward pass)."""
         raise NotImplementedError
 
 
@@ -219,34 +231,52 @@ class Classifier(_CropClassifier):
         self._mean = torch.tensor(self.meta["mean"], device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.meta["std"], device=self.device).view(1, 3, 1, 1)
         self.name = f"{self.task}:{self.meta['arch']}@{self.input_size}:{path.name}"
+        self._ood = None
+        if self.has_ood:
+            from classification.ood import ood_head
+
+            self._ood = ood_head(self.meta["ood"]).to(self.device)
 
     def features(self, crops: list[np.ndarray]) -> np.ndarray:
         """Penultimate-layer features (N, D) of RGB uint8 crops: the input of the network's last linear layer, what
-        the classes are read from (for embeddings maps)."""
+        the classes are read from (for embeddings maps and the familiarity score)."""
+        return self.features_prepared(self.preprocess(crops))
+
+    def features_prepared(self, x: np.ndarray) -> np.ndarray:
+        """``features`` of crops already prepared at the input size (uint8 NHWC)."""
         import torch
 
-        last = [m for m in self.model.modules() if isinstance(m, torch.nn.Linear)]
-        if not last:
-            raise ValueError(f"{self.name}: no final linear layer to take features from")
-        x, got = self.preprocess(crops), []
-        hook = last[-1].register_forward_hook(lambda mod, inp, out: got.append(inp[0].detach().float().cpu()))
-        try:
-            self._probs(x)
-        finally:
-            hook.remove()
-        return torch.cat(got).flatten(1).numpy() if got else np.zeros((0, last[-1].in_features), np.float32)
-
-    def _probs(self, x: np.ndarray) -> np.ndarray:
-        import torch
+        from classification.models import features_and_logits
 
         out = []
         with torch.inference_mode():
             for i in range(0, len(x), self.batch):
-                t = torch.from_numpy(x[i:i + self.batch]).to(self.device).permute(0, 3, 1, 2).float().div_(255)
-                t = (t - self._mean) / self._std
-                logits = self.model(t.half() if self.half else t).float() / self.temperature
-                out.append(torch.softmax(logits, 1).cpu().numpy())
-        return np.concatenate(out).astype(np.float32)
+                out.append(features_and_logits(self.model, self._tensor(x[i:i + self.batch]))[0].float().cpu())
+        return torch.cat(out).flatten(1).numpy() if out else np.zeros((0, 0), np.float32)
+
+    def _tensor(self, x: np.ndarray):
+        import torch
+
+        t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device).permute(0, 3, 1, 2).float().div_(255)
+        t = (t - self._mean) / self._std
+        return t.half() if self.half else t
+
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        import torch
+
+        from classification.models import features_and_logits
+
+        out, ood = [], []
+        with torch.inference_mode():
+            for i in range(0, len(x), self.batch):
+                t = self._tensor(x[i:i + self.batch])
+                if self._ood is not None:
+                    f, logits = features_and_logits(self.model, t)
+                    ood.append(self._ood(f).float().cpu().numpy())
+                else:
+                    logits = self.model(t)
+                out.append(torch.softmax(logits.float() / self.temperature, 1).cpu().numpy())
+        return np.concatenate(out).astype(np.float32), (np.concatenate(ood).astype(np.float32) if ood else None)
 
 
 ONNX_META_KEY = "leukodiff_classifier"
@@ -274,16 +304,18 @@ class OnnxClassifier(_CropClassifier):
         self.batch = batch
         self.name = f"{self.task}:{self.meta['arch']}@{self.input_size}:{path.name}"
 
-    def _probs(self, x: np.ndarray) -> np.ndarray:
-        out = [self.session.run(None, {"crops": np.ascontiguousarray(x[i:i + self.batch])})[0]
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        out = [self.session.run(None, {"crops": np.ascontiguousarray(x[i:i + self.batch])})
                for i in range(0, len(x), self.batch)]
-        return np.concatenate(out).astype(np.float32)
+        probs = np.concatenate([o[0] for o in out]).astype(np.float32)
+        return probs, (np.concatenate([o[1] for o in out]).astype(np.float32) if len(out[0]) > 1 else None)
 
 
 def export_onnx(checkpoint, out, opset: int = 17) -> Path:
     """Export a ``.pt`` classifier checkpoint to ONNX for ``OnnxClassifier``: input ``crops`` uint8 (N, S, S, 3),
-    output ``probs`` float32 (N, K) = softmax(logits / temperature), metadata = the checkpoint's (without weights and
-    training history) plus the source file's name and sha256. Returns the written path."""
+    output ``probs`` float32 (N, K) = softmax(logits / temperature) (and ``ood`` float32 (N,), the familiarity
+    score, when the checkpoint has one), metadata = the checkpoint's (without weights and training history) plus the
+    source file's name and sha256. Returns the written path."""
     import hashlib
     import json
 
@@ -295,16 +327,23 @@ def export_onnx(checkpoint, out, opset: int = 17) -> Path:
     checkpoint, out = Path(resolve_path(checkpoint)), Path(out)
     model, meta = load_checkpoint(checkpoint)
 
+    from classification.models import features_and_logits
+    from classification.ood import ood_head
+
     class _Export(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.net = model
+            self.ood = ood_head(meta["ood"]) if meta.get("ood") else None
             self.register_buffer("mean", torch.tensor(meta["mean"]).view(1, 3, 1, 1) * 255)
             self.register_buffer("std", torch.tensor(meta["std"]).view(1, 3, 1, 1) * 255)
 
         def forward(self, crops):
             x = (crops.permute(0, 3, 1, 2).float() - self.mean) / self.std
-            return torch.softmax(self.net(x) / float(meta["temperature"]), 1)
+            if self.ood is None:
+                return torch.softmax(self.net(x) / float(meta["temperature"]), 1)
+            f, logits = features_and_logits(self.net, x)
+            return torch.softmax(logits / float(meta["temperature"]), 1), self.ood(f)
 
     s = int(meta["input_size"])
     example = torch.zeros((2, s, s, 3), dtype=torch.uint8)
@@ -313,10 +352,14 @@ def export_onnx(checkpoint, out, opset: int = 17) -> Path:
 
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated but is the one that writes opset 17 here
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(_Export().eval(), (example,), str(out), input_names=["crops"], output_names=["probs"],
-                          dynamic_axes={"crops": {0: "n"}, "probs": {0: "n"}}, opset_version=opset, dynamo=False)
+        names = ["probs", "ood"] if meta.get("ood") else ["probs"]
+        torch.onnx.export(_Export().eval(), (example,), str(out), input_names=["crops"], output_names=names,
+                          dynamic_axes={"crops": {0: "n"}, **{k: {0: "n"} for k in names}}, opset_version=opset,
+                          dynamo=False)
     info = {k: meta[k] for k in ("arch", "task", "classes", "input_size", "mean", "std", "temperature", "date")}
     info["stain_reference"] = meta.get("stain_reference")
+    if meta.get("ood"):  # the score's matrices are in the graph (output "ood"); its settings travel as metadata
+        info["ood"] = {k: v for k, v in meta["ood"].items() if k not in ("means", "proj")}
     info["source"] = checkpoint.name
     info["source_sha256"] = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     info["metrics"] = {split: {k: meta["metrics"][split][k] for k in ("accuracy", "mean_class_accuracy", "ece")

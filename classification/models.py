@@ -134,6 +134,25 @@ def group_norm_model(model):
     return model
 
 
+def features_and_logits(model, x):
+    """``(penultimate features (N, D), logits (N, K))`` of a backbone of ``BACKBONES`` in one forward pass: the input
+    of the last linear layer and its output (timm models: ``forward_head(pre_logits=True)``; torchvision ShuffleNetV2
+    and the tests' tiny CNN by their layout)."""
+    import torch
+
+    if hasattr(model, "forward_head") and hasattr(model, "get_classifier"):  # timm
+        f = model.forward_head(model.forward_features(x), pre_logits=True)
+        return f, model.get_classifier()(f)
+    if isinstance(model, torch.nn.Sequential):  # tiny_cnn: ... Flatten, Linear
+        f = model[:-1](x)
+        return f, model[-1](f)
+    if hasattr(model, "stage4") and hasattr(model, "conv5"):  # torchvision ShuffleNetV2.forward, split at fc
+        x = model.maxpool(model.conv1(x))
+        f = model.conv5(model.stage4(model.stage3(model.stage2(x)))).mean([2, 3])
+        return f, model.fc(f)
+    raise ValueError(f"features_and_logits: no known feature layer in {type(model).__name__}")
+
+
 def _tiny_cnn(num_classes: int):
     import torch.nn as nn
 

@@ -29,6 +29,9 @@ VIEWS: dict[str, list[str]] = {"fine13": ["pbc8", "wang11"]}
 COARSE_LABELS = ["neutrophil", "ig"]
 
 UNIDENTIFIED = "unidentified"
+# Final label of a cell whose familiarity score (``ood``) is above its classifier's threshold: unlike the training
+# laboratories' cells, so its class is not a verdict (kept out of the differential like ``unidentified``).
+UNFAMILIAR = "unfamiliar"
 
 # Labels (of any taxonomy) that are lymphoid cells: the cascade sends these to covid_rl.
 LYMPHOID = {"lymphocyte", "reactive_lymphocyte", "normal_lymphocyte", "classic_rl", "covid_rl"}

@@ -77,8 +77,9 @@ TRAIN_SCHEMA = {
     "resolution": Field(float, 1.0, "half of each batch is sampled down to a random [resolution, 1] of the input size "
                                     "and back up (lower magnification / cameras of other labs); 1 = off"),
     "noise": Field(float, 0.0, "Gaussian pixel noise, std up to this (0-1 scale), on half of each batch; 0 = off"),
-    "hed": Field(float, 0.0, "stain jitter in haematoxylin-eosin-DAB optical-density space (Tellez et al. 2018): each "
-                             "channel scaled by 1 +- hed and shifted by +- hed / 2 (other labs' stain batches); 0 = off"),
+    "hed": Field(float, 0.0, "stain jitter in haematoxylin-eosin-DAB optical-density space (Tellez et al. 2018): "
+                             "each channel scaled by 1 +- hed and shifted by +- hed / 2 (other labs' stain batches); "
+                             "0 = off"),
     "tint": Field(float, 0.0, "background tint: the bright (background) pixels of each crop get a random colour "
                               "cast of up to this per channel (yellow or grey backgrounds of other cameras); 0 = off"),
     "jpeg": Field(int, 0, "JPEG re-compression of half of each batch at a random quality in [jpeg, 95] (other "

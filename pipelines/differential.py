@@ -5,7 +5,11 @@ What is counted (documented in the README):
 - leukocytes: cells whose detector label is in ``classify_labels`` (WBC) and whose final label is a leukocyte class
   (not ``erythroblast``, not ``platelet``, not ``unidentified``). Without classifiers the class is the detector's.
 - NRBC: cells classified ``erythroblast``: reported per 100 leukocytes, not in the differential.
-- platelets: detector ``Platelets`` boxes plus cells classified ``platelet``; ``unidentified`` cells: counted apart.
+- platelets: detector ``Platelets`` boxes plus cells classified ``platelet``; ``unidentified`` and ``unfamiliar``
+  cells (too uncertain; unlike the training laboratories' cells): counted apart.
+- domain shift: the smear's cells as a whole are unlike the training laboratories' (median familiarity score
+  ``ood`` or share of ``unfamiliar`` cells over the thresholds): the ``domain_shift`` flag says the differential is
+  not reliable for this smear.
 - prognosis: ``n`` = lymphoid cells the ``covid_rl`` classifier saw and did not leave unidentified, ``k`` = those
   whose final label is ``covid_rl``.
 """
@@ -15,7 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from classification.taxonomies import BLASTS, IMMATURE_GRANULOCYTES, NUCLEATED_RED_CELLS, PLATELETS, UNIDENTIFIED
+from classification.taxonomies import (BLASTS, IMMATURE_GRANULOCYTES, NUCLEATED_RED_CELLS, PLATELETS, UNFAMILIAR,
+                                       UNIDENTIFIED)
 from pipelines.config import ConfigError, Field
 
 DIFFERENTIAL_SCHEMA = {
@@ -27,6 +32,11 @@ DIFFERENTIAL_SCHEMA = {
     "prognosis_min_lymphoid": Field(int, 20, "fewer lymphoid cells analysed: prognosis indeterminate"),
     "prognosis_use_ci": Field(bool, True, "indeterminate when the 95% CI of k/n straddles the threshold"),
     "leukocyte_labels": Field(list, ["WBC"], "detector labels counted as leukocytes when classified"),
+    "domain_shift_median_ood": Field(float, 2.0, "domain_shift flag when the median familiarity score (ood) of the "
+                                                 "smear's scored cells is above this", min=0.0),
+    "domain_shift_unfamiliar_share": Field(float, 0.3, "... or when this share of its scored cells is unfamiliar",
+                                           min=0.0, max=1.0),
+    "domain_shift_min_cells": Field(int, 3, "scored cells needed before the smear-level guard decides", min=1),
 }
 
 Z95 = 1.959963984540054
@@ -82,6 +92,8 @@ class SmearTally:
     lymphoid_n: int = 0
     covid_k: int = 0
     low_confidence: int = 0
+    unfamiliar: int = 0
+    ood: list[float] = field(default_factory=list)  # familiarity scores of the smear's classified leukocyte boxes
     fields_rescaled: int = 0  # fields the detector's auto_scale detected again at a larger input size
     rescaled_max: int = 0
 
@@ -107,6 +119,8 @@ class SmearTally:
             classes = c.get("classes") or {}
             if classes:
                 self.classified += 1
+            if c.get("ood") is not None:
+                self.ood.append(float(c["ood"]))
             if "covid_rl" in classes:
                 self.covid_ran = True
                 if label != UNIDENTIFIED:
@@ -114,6 +128,8 @@ class SmearTally:
                     self.covid_k += label == "covid_rl"
             if label == UNIDENTIFIED:
                 self.unidentified += 1
+            elif label == UNFAMILIAR:
+                self.unfamiliar += 1
             elif label in NUCLEATED_RED_CELLS:
                 self.nrbc += 1
             elif label in PLATELETS:
@@ -145,6 +161,36 @@ def prognosis(tally: SmearTally, cfg: dict) -> dict:
     return {**base, "decision": "negative", "reason": f"{k}/{n} = {share:.2%} COVID-19 RL of lymphoid cells < {t:.0%}"}
 
 
+def familiarity(tally: SmearTally) -> dict | None:
+    """Summary of the smear's familiarity scores: cells scored, median, unfamiliar share; None when none scored."""
+    if not tally.ood:
+        return None
+    import statistics
+
+    return {"cells": len(tally.ood), "median_ood": round(statistics.median(tally.ood), 4),
+            "unfamiliar_share": round(tally.unfamiliar / len(tally.ood), 4)}
+
+
+def domain_shift(tally: SmearTally, cfg: dict) -> str | None:
+    """The ``domain_shift`` flag's sentence when the smear's scored cells as a whole are unlike the training
+    laboratories' (median ``ood`` or unfamiliar share over the config's thresholds), else None."""
+    fam = familiarity(tally)
+    if fam is None or fam["cells"] < cfg["domain_shift_min_cells"]:
+        return None
+    why = []
+    if fam["median_ood"] > cfg["domain_shift_median_ood"]:
+        why.append(f"median familiarity score {fam['median_ood']:.2f} > {cfg['domain_shift_median_ood']:g}")
+    if fam["unfamiliar_share"] > cfg["domain_shift_unfamiliar_share"]:
+        why.append(f"{tally.unfamiliar} of {fam['cells']} cells unfamiliar "
+                   f"(> {cfg['domain_shift_unfamiliar_share']:.0%})")
+    if not why:
+        return None
+    return ("this smear's cells are unlike the laboratories the classifiers learned from (" + "; ".join(why) +
+            "): the differential is not reliable for it. Review the cells, then adapt the classifier to your "
+            "laboratory with about 20 labelled cells per class (tools/adapt_classifier.py --labels; README, "
+            "Running on your laboratory's captures)")
+
+
 def smear_report(tally: SmearTally, cfg: dict) -> dict:
     """The per-smear report (schema in the README): differential with CIs, NRBC, platelets, flags, prognosis."""
     n = sum(tally.leukocytes.values())
@@ -170,6 +216,9 @@ def smear_report(tally: SmearTally, cfg: dict) -> dict:
     if tally.classified and tally.unidentified / tally.classified > cfg["unidentified_threshold"]:
         flags.append({"flag": "many_unidentified", "detail": f"{tally.unidentified} of {tally.classified} "
                                                              "classified cells are unidentified: review them"})
+    shift = domain_shift(tally, cfg)
+    if shift:
+        flags.append({"flag": "domain_shift", "detail": shift})
     if tally.fields_rescaled:
         flags.append({"flag": "small_cells", "detail": f"{tally.fields_rescaled} of {tally.fields_used} fields have "
                       "red cells smaller than the training fields' (a lower magnification?): detected again at up to "
@@ -177,5 +226,6 @@ def smear_report(tally: SmearTally, cfg: dict) -> dict:
     return {"smear_id": tally.smear_id, "fields_used": tally.fields_used, "fields_failed": tally.fields_failed,
             "failed_paths": tally.failed_paths, "leukocytes_counted": n, "differential": diff,
             "nrbc": {"count": tally.nrbc, "per_100_wbc": round(100 * tally.nrbc / n, 2) if n else None},
-            "platelets": tally.platelets, "unidentified": tally.unidentified, "other_cells": tally.other_cells,
+            "platelets": tally.platelets, "unidentified": tally.unidentified, "unfamiliar": tally.unfamiliar,
+            "familiarity": familiarity(tally), "other_cells": tally.other_cells,
             "ci_method": cfg["ci_method"], "flags": flags, "prognosis": prognosis(tally, cfg)}

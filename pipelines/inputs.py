@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,8 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class FieldInput:
-    """One image to process: ``path`` as given (resolved), its ``smear_id`` and a run-unique ``field_id``."""
+    """One image to process: ``path`` as given (made absolute; symlinks are not resolved, so that a folder of links
+    names the smear, not the folder the links point to), its ``smear_id`` and a run-unique ``field_id``."""
 
     path: Path
     smear_id: str
@@ -26,7 +28,9 @@ class FieldInput:
 def expand_inputs(inputs: list[str], manifest: str | None = None) -> tuple[list[FieldInput], list[str]]:
     """Files are taken as given (any extension: content decides); directories are walked recursively for image
     suffixes; other strings are globs. A manifest CSV (``path,smear_id``; relative paths from its folder) adds its
-    rows. Duplicates are dropped (first wins). Returns the fields and the notes on what was skipped."""
+    rows. Duplicates (the same absolute path as given) are dropped (first wins). The smear id is the manifest's or
+    the name of the folder the path was given in (a symlink's own folder). Returns the fields and the notes on what
+    was skipped."""
     found: list[tuple[Path, str | None]] = []
     notes: list[str] = []
     for s in inputs:
@@ -66,15 +70,16 @@ def expand_inputs(inputs: list[str], manifest: str | None = None) -> tuple[list[
                               or None))
     seen, out, ids = set(), [], set()
     for path, smear in found:
-        key = str(path.resolve())
+        given = Path(os.path.abspath(path))  # the path as given (absolute, symlinks kept): it names the smear
+        key = str(given)
         if key in seen:
             continue
         seen.add(key)
-        smear_id = smear or path.resolve().parent.name or "smear"
-        fid = f"{smear_id}/{path.stem}"
+        smear_id = smear or given.parent.name or "smear"
+        fid = f"{smear_id}/{given.stem}"
         n = 2
         while fid in ids:
-            fid, n = f"{smear_id}/{path.stem}~{n}", n + 1
+            fid, n = f"{smear_id}/{given.stem}~{n}", n + 1
         ids.add(fid)
-        out.append(FieldInput(path.resolve(), smear_id, fid))
+        out.append(FieldInput(given, smear_id, fid))
     return out, notes

@@ -4,7 +4,9 @@ Cascade: stages run in config order on the crops of cells whose detector label i
 with ``when`` only sees cells whose current label is in that list. A later stage's verdict replaces the current one
 when it refines it (``segmented_neutrophil`` refines ``neutrophil``, ``covid_rl`` refines ``lymphocyte``) or is more
 confident; the cell's final ``label`` is that verdict, or ``unidentified`` when its probability is under the deciding
-classifier's ``min_confidence``. Every stage that saw a cell leaves its own entry in ``cell.classes``.
+classifier's ``min_confidence``, or ``unfamiliar`` when the cell's familiarity score (``ood``, of the first stage
+whose classifier has one: ``classification.ood``) is above that stage's ``ood_threshold``. Every stage that saw a
+cell leaves its own entry in ``cell.classes``.
 
 Views: a classifier of a fine label space (``fine13``) writes one entry per taxonomy it gives as a view (pbc8 and
 wang11, ``classification.taxonomies.view_probs``); its verdict in the cascade is its top fine class, or, when that
@@ -21,9 +23,11 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
+from classification.taxonomies import UNFAMILIAR, UNIDENTIFIED
 from pipelines.config import REQUIRED, ConfigError, Field, load_yaml, resolve_path, validate
 from pipelines.results import Cell, TaskResult
 
@@ -48,10 +52,13 @@ STAGE_SCHEMA = {
     "tta_below": Field(float, None, "override the classifier config's tta_below"),
     "fuse_into": Field(str, None, "task of an earlier stage whose verdict this stage's probabilities join "
                                   "(classification.classifier.fuse_probs), e.g. wang11 into pbc8"),
-    "fuse_weight": Field(float, 1.0, "weight of this stage's vote in fuse_into (0 = none, 1 = plain product)"),
+    "fuse_weight": Field(float, 1.0, "weight of this stage's vote in fuse_into (0 = none, 1 = plain product)",
+                         min=0.0),
+    "ood_threshold": Field(float, None, "familiarity score above which a cell's final label is 'unfamiliar' (None = "
+                                        "the checkpoint's, fitted by tools/fit_familiarity.py; a large value turns "
+                                        "the rule off); only for classifiers with a fitted score"),
 }
 
-UNIDENTIFIED = "unidentified"
 
 
 def load_pipeline_config(path) -> dict:
@@ -90,8 +97,6 @@ def check_fusion(st: dict, earlier: list[dict], where: str) -> None:
     tasks = [e["cfg"]["task"] for e in earlier]
     if st["fuse_into"] not in tasks:
         raise ConfigError(f"{where}: fuse_into '{st['fuse_into']}' is not the task of an earlier stage ({tasks})")
-    if st["fuse_weight"] < 0:
-        raise ConfigError(f"{where}: fuse_weight must be >= 0, not {st['fuse_weight']}")
     if not refinement_map(check_task(st["cfg"]["task"]), check_task(st["fuse_into"])).any():
         raise ConfigError(f"{where}: no class of {st['cfg']['task']} is or refines a class of {st['fuse_into']}: "
                           "nothing to fuse")
@@ -107,6 +112,18 @@ class Stage:
     min_confidence: float
     fuse_into: str | None = None
     fuse_weight: float = 1.0
+    ood_threshold: float | None = None  # None: no familiarity score (the classifier has none)
+
+
+class Verdict(NamedTuple):
+    """The cascade's result for one crop: final ``label`` (``unidentified`` / ``unfamiliar`` by the rules) and
+    ``score``, per-task ``classes`` (``TaskResult``), and the familiarity score ``ood`` of the first stage that has
+    one (None otherwise). ``label`` and ``score`` are None for a crop no stage saw."""
+
+    label: str | None
+    score: float | None
+    classes: dict
+    ood: float | None = None
 
 
 def _task_result(classes: list[str], p: np.ndarray) -> TaskResult:
@@ -147,8 +164,11 @@ class Pipeline:
                 self.skipped.append(f"{clf.task} -> {fuse} fusion: no {fuse} stage")
                 log(f"note: {clf.task} not fused into {fuse} (that stage was skipped)")
                 fuse = None
+            thr = None
+            if clf.has_ood:
+                thr = st["ood_threshold"] if st["ood_threshold"] is not None else float(clf.meta["ood"]["threshold"])
             self.stages.append(Stage(clf.task, clf, set(st["when"]) if st["when"] else None, c["min_confidence"],
-                                     fuse, st["fuse_weight"]))
+                                     fuse, st["fuse_weight"], thr))
         from importlib.metadata import PackageNotFoundError, version
 
         try:
@@ -174,8 +194,8 @@ class Pipeline:
             self.versions["detector"] = self._detector.name
         return self._detector
 
-    def classify(self, crops: list[np.ndarray]) -> tuple[list[tuple[str, float, dict]], float]:
-        """Run the cascade on crops. Returns per crop ``(final label, score, {task: TaskResult})`` and the ms spent."""
+    def classify(self, crops: list[np.ndarray]) -> tuple[list[Verdict], float]:
+        """Run the cascade on crops. Returns a ``Verdict`` per crop and the ms spent."""
         t0 = time.perf_counter()
         n = len(crops)
         current: list[tuple[str, float, float] | None] = [None] * n  # (label, score, min_confidence)
@@ -188,6 +208,7 @@ class Pipeline:
 
         stage_of = {st.task: st for st in self.stages}
         seen: list[list[Stage]] = [[] for _ in range(n)]  # the stages that classified each cell, in order
+        familiar: dict[int, tuple[float, float]] = {}  # cell -> (ood score, threshold) of its first scoring stage
         fine_top: list[dict] = [{} for _ in range(n)]  # task -> (top class, probability) of view classifiers
 
         def verdict(i: int) -> tuple[str, float, float]:  # the cascade's current (label, score, min_confidence)
@@ -210,7 +231,11 @@ class Pipeline:
                 if size not in resized:
                     resized[size] = resize_crops(crops, size)
                 prepared[key] = clf.prepare_resized(resized[size])
-            probs = clf.classify_prepared(prepared[key][idx])
+            probs, ood = clf.classify_prepared(prepared[key][idx], with_ood=True)
+            if ood is not None:
+                for j, i in enumerate(idx):
+                    if i not in familiar:
+                        familiar[i] = (round(float(ood[j]), 4), st.ood_threshold)
             views = clf.views
             if views:  # one network, several taxonomies: an entry per view, its own top fine class decides
                 for view, vclasses in views.items():
@@ -245,11 +270,16 @@ class Pipeline:
                 current[i] = verdict(i)
         out = []
         for i in range(n):
+            ood, thr = familiar.get(i, (None, None))
             if current[i] is None:
-                out.append((None, None, per_cell[i]))
-            else:
-                label, score, minc = current[i]
-                out.append((UNIDENTIFIED if score < minc else label, round(score, 4), per_cell[i]))
+                out.append(Verdict(None, None, per_cell[i], ood))
+                continue
+            label, score, minc = current[i]
+            if ood is not None and ood > thr:
+                label = UNFAMILIAR
+            elif score < minc:
+                label = UNIDENTIFIED
+            out.append(Verdict(label, round(score, 4), per_cell[i], ood))
         return out, (time.perf_counter() - t0) * 1000
 
     def cells_from_detections(self, image: np.ndarray, det) -> tuple[list[Cell], list[np.ndarray], list[int]]:

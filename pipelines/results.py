@@ -24,7 +24,10 @@ class Cell:
     ``box``: ``[x1, y1, x2, y2]`` in pixels of the original image. ``det_label`` / ``det_score``: detector class
     (``WBC``, ``RBC``, ``Platelets``) and score. ``label`` / ``score``: the final, finest label (``unidentified``
     when the deciding classifier's top probability is under its ``min_confidence``); for cells no classifier saw,
-    the detector's. ``classes``: per task that saw the cell (``pbc8``, ``wang11``, ``covid_rl``).
+    the detector's; ``unfamiliar`` when ``ood`` is above the classifier's threshold. ``classes``: per task that saw
+    the cell (``pbc8``, ``wang11``, ``covid_rl``). ``ood``: familiarity score of the cell to the training
+    laboratories' cells (about 1 for such cells, higher when unlike them; ``classification.ood``), None when no
+    classifier with a fitted score saw it.
     """
 
     box: list[float]
@@ -33,6 +36,7 @@ class Cell:
     label: str
     score: float
     classes: dict[str, TaskResult] = field(default_factory=dict)
+    ood: float | None = None
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,8 @@ def to_json(result) -> str:
 def field_from_dict(d: dict) -> FieldResult:
     """Inverse of ``dataclasses.asdict`` for a ``FieldResult`` read back from ``fields.jsonl``."""
     cells = [Cell(box=c["box"], det_label=c["det_label"], det_score=c["det_score"], label=c["label"], score=c["score"],
-                  classes={t: TaskResult(**v) for t, v in c.get("classes", {}).items()}) for c in d.get("cells", [])]
+                  classes={t: TaskResult(**v) for t, v in c.get("classes", {}).items()}, ood=c.get("ood"))
+             for c in d.get("cells", [])]
     return FieldResult(field_id=d["field_id"], path=d["path"], smear_id=d["smear_id"], width=d.get("width"),
                        height=d.get("height"), cells=cells, timings_ms=d.get("timings_ms", {}), error=d.get("error"),
                        versions=d.get("versions", {}), rescaled_imgsz=d.get("rescaled_imgsz"))

@@ -25,8 +25,12 @@ def read_ground_truth(path: Path, fmt: str, classes: list[str]) -> dict[str, tup
     from detection.data import read_coco, read_voc
 
     path = Path(path)
+    if not path.exists():
+        raise ValueError(f"ground truth not found: {path}")
     out: dict[str, tuple[list, list]] = {}
     if fmt == "voc":
+        if path.is_dir() and not any(path.glob("*.xml")) and (path / "Annotations").is_dir():
+            path = path / "Annotations"  # the dataset root was given
         for x in sorted(path.glob("*.xml")):
             r = read_voc(x)
             out[x.stem] = (r.boxes, r.labels)
@@ -34,13 +38,19 @@ def read_ground_truth(path: Path, fmt: str, classes: list[str]) -> dict[str, tup
         for r in read_coco(path, Path("")):
             out[Path(r.path).with_suffix("").as_posix()] = (r.boxes, r.labels)
     elif fmt == "yolo":
-        for t in sorted(path.glob("*.txt")):
+        files = sorted(path.glob("*.txt"))
+        if not files and (path / "labels").is_dir():  # the dataset root was given: labels/<split>/*.txt
+            files = sorted((path / "labels").rglob("*.txt"))
+        for t in files:
             rows = [ln.split() for ln in t.read_text().splitlines() if len(ln.split()) >= 5]
             # relative cx, cy, w, h: converted once the image size is known (_gt_detections)
             boxes = [[float(v) for v in r[1:5]] for r in rows]
             out[t.stem] = ("yolo-relative", (boxes, [classes[int(r[0])] for r in rows]))
     else:
         raise ValueError(f"unknown ground-truth format '{fmt}'; valid: voc, yolo, coco")
+    if not out:
+        raise ValueError(f"no {fmt} annotations found in {path} (voc: a folder of .xml files or a dataset root with "
+                         "Annotations/; yolo: a folder of .txt files or a root with labels/; coco: a JSON file)")
     return out
 
 
@@ -99,6 +109,9 @@ def build_dataset(run_dir: Path, name: str, gt: dict | None = None, overwrite: b
                 s["ground_truth"] = _gt_detections(fo, entry, w, h)
                 n_gt += 1
             samples.append(s)
+    if gt is not None and not n_gt:
+        raise ValueError(f"none of the {len(samples)} fields of {run_dir} matched the ground truth's "
+                         f"{len(gt)} entries (matched by file name, e.g. {next(iter(gt))!r}): wrong --gt folder?")
     ds.add_samples(samples)
     ds.compute_metadata()
     info = {"samples": len(ds), "with_ground_truth": n_gt}

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.inputs import FieldInput
+from pipelines.pipeline import Verdict
 from pipelines.results import Cell, FieldResult, to_json
 
 
@@ -242,16 +243,16 @@ def _infer(items, pipeline, opts) -> dict[str, tuple[FieldResult, dict[int, np.n
             crop_ms.append((time.perf_counter() - t1) * 1000)
     all_crops = [c for _, crops, idx in per_field for c in (crops if idx else [])]
     verdicts, cls_ms = pipeline.classify(all_crops) if all_crops and pipeline.stages else \
-        ([(None, None, {})] * len(all_crops), 0.0)
+        ([Verdict(None, None, {})] * len(all_crops), 0.0)
     out, v = {}, 0
     for (f, img, dec_ms), (cells, crops, idx), cms, det in zip(items, per_field, crop_ms, dets):
         crop_by_cell = {}
         for j, ci in enumerate(idx):
-            label, score, classes = verdicts[v]
+            vd = verdicts[v]
             v += 1
             c = cells[ci]
-            if label is not None:
-                cells[ci] = Cell(c.box, c.det_label, c.det_score, label, score, classes)
+            if vd.label is not None:
+                cells[ci] = Cell(c.box, c.det_label, c.det_score, vd.label, vd.score, vd.classes, vd.ood)
             crop_by_cell[ci] = crops[j]
         h, w = img.shape[:2]
         timings = {"decode": round(dec_ms, 2), "detect": round(det_ms / n, 2), "crop": round(cms, 2),

@@ -6,7 +6,7 @@ import pytest
 
 from classification.metrics import confusion, ece, fit_temperature, per_class, softmax, summarize
 from classification.models import BACKBONES, build_backbone, load_checkpoint, save_checkpoint
-from classification.taxonomies import TAXONOMIES, check_task, refines
+from classification.taxonomies import TAXONOMIES, VIEWS, check_task, refines
 
 
 def test_taxonomies():
@@ -291,11 +291,14 @@ def test_stain_normalized_training_and_inference(tmp_path):
 
 
 class _FixedClassifier:
-    """Test double with a real Classifier's interface: returns preset probabilities."""
+    """Test double with a real Classifier's interface: returns preset probabilities (and familiarity scores)."""
 
-    def __init__(self, task, probs):
+    def __init__(self, task, probs, ood=None):
         self.task, self.classes = task, TAXONOMIES[task]
         self.input_size, self.name, self._p = 8, f"fixed:{task}", np.asarray(probs, np.float32)
+        self._ood = ood
+        self.has_ood = ood is not None
+        self.views = {v: TAXONOMIES[v] for v in VIEWS.get(task, [])}
 
     def preprocess(self, crops):
         return np.zeros((len(crops), 8, 8, 3), np.uint8)
@@ -303,8 +306,11 @@ class _FixedClassifier:
     def prepare_resized(self, x):
         return x
 
-    def classify_prepared(self, x):
-        return np.repeat(self._p[None], len(x), 0)
+    def classify_prepared(self, x, with_ood=False):
+        p = np.repeat(self._p[None], len(x), 0)
+        if not with_ood:
+            return p
+        return p, (None if self._ood is None else np.full(len(x), self._ood, np.float32))
 
 
 def _one_hot(task, label, p):
@@ -329,13 +335,13 @@ def test_cascade_refines_routes_and_marks_unidentified():
     pipe = _pipeline([("pbc8", _one_hot("pbc8", "neutrophil", 0.9), None, 0.5),
                       ("wang11", _one_hot("wang11", "band_neutrophil", 0.6), None, 0.5),
                       ("covid_rl", _one_hot("covid_rl", "covid_rl", 0.9), lymph, 0.5)])
-    [(label, score, classes)], _ = pipe.classify(crops)
+    [(label, score, classes, _)], _ = pipe.classify(crops)
     assert label == "band_neutrophil" and set(classes) == {"pbc8", "wang11"}
     # lymphocyte goes on to covid_rl, which refines it
     pipe = _pipeline([("pbc8", _one_hot("pbc8", "lymphocyte", 0.95), None, 0.5),
                       ("wang11", _one_hot("wang11", "lymphocyte", 0.9), None, 0.5),
                       ("covid_rl", _one_hot("covid_rl", "covid_rl", 0.8), lymph, 0.5)])
-    [(label, score, classes)], _ = pipe.classify(crops)
+    [(label, score, classes, _)], _ = pipe.classify(crops)
     assert label == "covid_rl" and set(classes) == {"pbc8", "wang11", "covid_rl"}
     # disagreement: the more confident verdict wins; erythroblast is kept against a weak lymphocyte
     pipe = _pipeline([("pbc8", _one_hot("pbc8", "erythroblast", 0.9), None, 0.5),
@@ -343,7 +349,7 @@ def test_cascade_refines_routes_and_marks_unidentified():
     assert pipe.classify(crops)[0][0][0] == "erythroblast"
     # low confidence: final label unidentified, but the task entry keeps the top class
     pipe = _pipeline([("pbc8", _one_hot("pbc8", "monocyte", 0.4), None, 0.5)])
-    [(label, score, classes)], _ = pipe.classify(crops)
+    [(label, score, classes, _)], _ = pipe.classify(crops)
     assert label == "unidentified" and classes["pbc8"].label == "monocyte" and score == pytest.approx(0.4)
 
 
@@ -386,11 +392,11 @@ def test_cascade_fuses_a_later_stage_into_an_earlier_verdict(tmp_path):
     p11 = np.full(11, 0.01)
     p11[c11.index("metamyelocyte")] = 0.9
     plain = _pipeline([("pbc8", p8, None, 0.5), ("wang11", p11, None, 0.5)])
-    [(label, _, classes)], _ = plain.classify(crops)
+    [(label, _, classes, _)], _ = plain.classify(crops)
     assert classes["pbc8"].label == "basophil" and label == "metamyelocyte"
     fused = _pipeline([("pbc8", p8, None, 0.5), ("wang11", p11, None, 0.5)])
     fused.stages[1].fuse_into, fused.stages[1].fuse_weight = "pbc8", 1.0
-    [(label, _, classes)], _ = fused.classify(crops)
+    [(label, _, classes, _)], _ = fused.classify(crops)
     assert classes["pbc8"].label == "ig" and classes["pbc8"].score > 0.9 and label == "metamyelocyte"
     assert classes["wang11"].probs == plain.classify(crops)[0][0][2]["wang11"].probs  # the voter is unchanged
     # a later stage routed by the fused verdict: covid_rl only sees lymphoid cells
@@ -401,7 +407,7 @@ def test_cascade_fuses_a_later_stage_into_an_earlier_verdict(tmp_path):
     pipe = _pipeline([("pbc8", p8, None, 0.5), ("wang11", p11, {"monocyte", "lymphocyte"}, 0.5),
                       ("covid_rl", _one_hot("covid_rl", "normal_lymphocyte", 0.9), {"lymphocyte"}, 0.5)])
     pipe.stages[1].fuse_into = "pbc8"
-    [(label, _, classes)], _ = pipe.classify(crops)
+    [(label, _, classes, _)], _ = pipe.classify(crops)
     assert classes["pbc8"].label == "lymphocyte" and label == "normal_lymphocyte" and "covid_rl" in classes
     # config: fuse_into must name an earlier stage
     text = (ROOT / "configs" / "pipeline" / "default.yaml").read_text()
@@ -409,7 +415,7 @@ def test_cascade_fuses_a_later_stage_into_an_earlier_verdict(tmp_path):
     cfg = load_pipeline_config(ROOT / "configs" / "pipeline" / "default.yaml")
     assert [st["fuse_into"] for st in cfg["classifiers"]][:2] == [None, "pbc8"]
     for old, bad, match in (("fuse_into: pbc8", "fuse_into: wang11", "not the task of an earlier stage"),
-                            ("fuse_weight: 1.0", "fuse_weight: -1", "fuse_weight must be >= 0")):
+                            ("fuse_weight: 1.0", "fuse_weight: -1", r"fuse_weight. must be in \[0.0, inf\]")):
         assert old in text, old  # the shipped config still has the line this check breaks
         (tmp_path / "bad.yaml").write_text(text.replace(old, bad))
         with pytest.raises(ConfigError, match=match):

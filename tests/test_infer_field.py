@@ -19,7 +19,7 @@ from tools.infer_field import main as infer_main
 
 FIELD_KEYS = {"field_id", "path", "smear_id", "width", "height", "cells", "timings_ms", "error", "versions",
               "rescaled_imgsz"}
-CELL_KEYS = {"box", "det_label", "det_score", "label", "score", "classes"}
+CELL_KEYS = {"box", "det_label", "det_score", "label", "score", "classes", "ood"}
 
 
 def _lines(out: Path) -> list[dict]:

@@ -44,12 +44,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from pipelines.review import build_dataset, configure_fiftyone, read_ground_truth
 
+    try:
+        gt = read_ground_truth(Path(args.gt), args.gt_format, args.classes.split(",")) if args.gt else None
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     configure_fiftyone()
-    gt = read_ground_truth(Path(args.gt), args.gt_format, args.classes.split(",")) if args.gt else None
     if args.embeddings and not Path(args.embeddings).exists():
         print(f"error: classifier checkpoint not found: {args.embeddings}", file=sys.stderr)
         return 2
-    ds = build_dataset(run, args.name or run.resolve().name, gt)
+    try:
+        ds = build_dataset(run, args.name or run.resolve().name, gt)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.embeddings:
         from pipelines.review import add_cell_embeddings
 

