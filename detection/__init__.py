@@ -147,6 +147,44 @@ def field_scale_size(det: Detections, image_hw: tuple[int, int], imgsz: int, cfg
     return int(min(max(size, imgsz), cfg["max_imgsz"])), median
 
 
+# A leukocyte is 1-3 red-cell diameters across (neutrophils 12-15 um, large blasts up to ~25 um, red cells ~7.5 um).
+MAX_WBC_PER_RBC = 4.5
+MAX_WBC_FIELD_SHARE = 0.5  # leukocyte boxes covering more of the field than this: not a smear field at 100x
+# Red cells smaller than this on the detector's input: leukocytes are missed (BCCD test at a quarter magnification,
+# red cells ~26 px at the 640 px input: WBC AP50 0.944; at a fixed 320 px, ~18 px: 0.892 at 0.35, 0.456 at 0.25).
+MIN_RBC_PX = 22.0
+
+
+def field_warnings(det: Detections, image_hw: tuple[int, int], cfg: dict) -> list[str]:
+    """Why a field's detections cannot be trusted (empty when they can): its red cells are still too small on the
+    network's input (``MIN_RBC_PX``, after ``auto_scale`` where on), its leukocyte boxes are many red-cell diameters wide
+    (more than ``MAX_WBC_PER_RBC``; half-field boxes on smartphone eyepiece photos), or they cover most of the field
+    (``MAX_WBC_FIELD_SHARE``). ``det.imgsz`` (or the config's ``imgsz``) is the input size the boxes came from."""
+    h, w = image_hw
+    imgsz = det.imgsz or cfg["imgsz"]
+    out = []
+    rbc = red_cell_size(det, image_hw, imgsz, cfg)
+    if rbc is not None and rbc < MIN_RBC_PX:
+        out.append(f"cells too small for the detector: red cells {rbc:.0f} px on its {imgsz} px input (trained on "
+                   f"~{cfg['scale_target_px']:.0f} px, reliable down to {MIN_RBC_PX:.0f}): a lower magnification "
+                   "than 100x oil?")
+    wbc = np.array([lab == "WBC" for lab in det.labels], bool)
+    if len(wbc) and wbc.any():
+        b = det.xyxy[wbc]
+        side = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
+        if rbc is not None:
+            rbc_orig = rbc * max(image_hw) / imgsz
+            wide = side > MAX_WBC_PER_RBC * rbc_orig
+            if wide.any():
+                out.append(f"{int(wide.sum())} leukocyte box(es) {side[wide].max() / rbc_orig:.1f} red-cell diameters "
+                           f"wide (a leukocyte is 1-3): not leukocytes as the detector learned them")
+        area = float(((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).sum()) / max(1.0, float(h * w))
+        if area > MAX_WBC_FIELD_SHARE or (rbc is None and (side > 0.5 * min(h, w)).any()):
+            out.append(f"leukocyte boxes cover {area:.0%} of the field or span half of it: implausible for a smear "
+                       "field at 100x")
+    return out
+
+
 class AutoScaleDetector:
     """A YOLO / ONNX detector that adapts its input size to each field's magnification.
 

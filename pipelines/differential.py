@@ -94,6 +94,8 @@ class SmearTally:
     low_confidence: int = 0
     unfamiliar: int = 0
     ood: list[float] = field(default_factory=list)  # familiarity scores of the smear's classified leukocyte boxes
+    fields_unanalysable: int = 0  # fields with detector warnings (FieldResult.warnings): cells not counted
+    unanalysable_reasons: list[str] = field(default_factory=list)
     fields_rescaled: int = 0  # fields the detector's auto_scale detected again at a larger input size
     rescaled_max: int = 0
 
@@ -103,6 +105,11 @@ class SmearTally:
             self.fields_failed += 1
             if len(self.failed_paths) < 50:
                 self.failed_paths.append(rec["path"])
+            return
+        if rec.get("warnings"):  # the detector cannot read this field: its cells are not counted
+            self.fields_unanalysable += 1
+            if len(self.unanalysable_reasons) < 5 and rec["warnings"][0] not in self.unanalysable_reasons:
+                self.unanalysable_reasons.append(rec["warnings"][0])
             return
         self.fields_used += 1
         if rec.get("rescaled_imgsz"):
@@ -216,6 +223,10 @@ def smear_report(tally: SmearTally, cfg: dict) -> dict:
     if tally.classified and tally.unidentified / tally.classified > cfg["unidentified_threshold"]:
         flags.append({"flag": "many_unidentified", "detail": f"{tally.unidentified} of {tally.classified} "
                                                              "classified cells are unidentified: review them"})
+    if tally.fields_unanalysable:
+        flags.append({"flag": "unanalysable", "detail": f"{tally.fields_unanalysable} field(s) could not be read by "
+                      "the detector and were not counted (" + "; ".join(tally.unanalysable_reasons) + "): capture "
+                      "them at 100x oil, or check that they are blood smear fields"})
     shift = domain_shift(tally, cfg)
     if shift:
         flags.append({"flag": "domain_shift", "detail": shift})
@@ -224,6 +235,7 @@ def smear_report(tally: SmearTally, cfg: dict) -> dict:
                       "red cells smaller than the training fields' (a lower magnification?): detected again at up to "
                       f"{tally.rescaled_max} px; the classifiers learned from 100x oil images: review the cells"})
     return {"smear_id": tally.smear_id, "fields_used": tally.fields_used, "fields_failed": tally.fields_failed,
+            "fields_unanalysable": tally.fields_unanalysable,
             "failed_paths": tally.failed_paths, "leukocytes_counted": n, "differential": diff,
             "nrbc": {"count": tally.nrbc, "per_100_wbc": round(100 * tally.nrbc / n, 2) if n else None},
             "platelets": tally.platelets, "unidentified": tally.unidentified, "unfamiliar": tally.unfamiliar,

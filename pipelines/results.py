@@ -45,7 +45,9 @@ class FieldResult:
     ``cells`` empty, when the image could not be processed. ``timings_ms``: per stage, batch stages amortized over
     the batch's fields. ``rescaled_imgsz``: the detector's input size for this field when its ``auto_scale`` chose
     a larger one than the config's (the field's red cells were small: a lower magnification than the training
-    fields); None otherwise."""
+    fields); None otherwise. ``warnings``: why the field's detections cannot be trusted
+    (``detection.field_warnings``: cells too small even at the largest input, implausible leukocyte boxes); such a
+    field is unanalysable: its cells are written but not counted in the smear's differential."""
 
     field_id: str
     path: str
@@ -57,6 +59,7 @@ class FieldResult:
     error: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
     rescaled_imgsz: int | None = None  # set when auto_scale detected the field again at this larger input size
+    warnings: list[str] = field(default_factory=list)  # why the field is unanalysable (its cells are not counted)
 
 
 def to_json(result) -> str:
@@ -71,4 +74,5 @@ def field_from_dict(d: dict) -> FieldResult:
              for c in d.get("cells", [])]
     return FieldResult(field_id=d["field_id"], path=d["path"], smear_id=d["smear_id"], width=d.get("width"),
                        height=d.get("height"), cells=cells, timings_ms=d.get("timings_ms", {}), error=d.get("error"),
-                       versions=d.get("versions", {}), rescaled_imgsz=d.get("rescaled_imgsz"))
+                       versions=d.get("versions", {}), rescaled_imgsz=d.get("rescaled_imgsz"),
+                       warnings=d.get("warnings", []))

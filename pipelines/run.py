@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from detection import field_warnings
 from pipelines.inputs import FieldInput
 from pipelines.pipeline import Verdict
 from pipelines.results import Cell, FieldResult, to_json
@@ -258,8 +259,11 @@ def _infer(items, pipeline, opts) -> dict[str, tuple[FieldResult, dict[int, np.n
         timings = {"decode": round(dec_ms, 2), "detect": round(det_ms / n, 2), "crop": round(cms, 2),
                    "classify": round(cls_ms / n, 2)}
         rescaled = None  # auto_scale detected this field again at a larger input size
-        if det is not None and det.imgsz and det.imgsz != getattr(pipeline.detector, "imgsz", det.imgsz):
-            rescaled = int(det.imgsz)
+        warnings = []
+        if det is not None:
+            if det.imgsz and det.imgsz != getattr(pipeline.detector, "imgsz", det.imgsz):
+                rescaled = int(det.imgsz)
+            warnings = field_warnings(det, (h, w), pipeline.cfg["detector_cfg"])
         out[f.field_id] = (FieldResult(f.field_id, str(f.path), f.smear_id, w, h, cells, timings, None,
-                                       dict(pipeline.versions), rescaled), crop_by_cell)
+                                       dict(pipeline.versions), rescaled, warnings), crop_by_cell)
     return out

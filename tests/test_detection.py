@@ -433,3 +433,25 @@ def test_every_shipped_config_validates():
     assert default["detector_cfg"]["auto_scale"] and not fast["detector_cfg"]["auto_scale"]
     assert {**default["detector_cfg"], "auto_scale": False} == fast["detector_cfg"]
     assert [c["cfg"]["weights"] for c in default["classifiers"]] == [c["cfg"]["weights"] for c in fast["classifiers"]]
+
+
+def test_field_warnings_flag_unreadable_fields():
+    """Smartphone eyepiece photos: tiny red cells, half-field 'WBC' boxes; a normal field gets no warning."""
+    from detection import DETECTOR_SCHEMA, Detections, field_warnings
+    from pipelines.config import validate
+
+    cfg = validate({"backend": "onnx", "model": "m.onnx", "imgsz": 320}, DETECTOR_SCHEMA, "t")
+    rbc = [[x, 100, x + 60, 160] for x in range(0, 600, 70)]  # 60 px red cells in a 640 px field: 30 px at 320
+
+    def det(boxes, labels, imgsz=320):
+        return Detections(np.array(boxes, np.float32), np.full(len(boxes), 0.9, np.float32), tuple(labels), imgsz)
+
+    ok = det(rbc + [[200, 250, 330, 380]], ["RBC"] * len(rbc) + ["WBC"])
+    assert field_warnings(ok, (480, 640), cfg) == []
+    huge = det(rbc + [[0, 0, 400, 470]], ["RBC"] * len(rbc) + ["WBC"])
+    w = field_warnings(huge, (480, 640), cfg)
+    assert any("red-cell diameters wide" in m for m in w) and any("cover" in m for m in w)
+    tiny = det([[x, 10, x + 12, 22] for x in range(0, 400, 25)], ["RBC"] * 16, imgsz=640)  # 12 px: 18 px at 640
+    assert any("too small" in m for m in field_warnings(tiny, (416, 416), cfg))
+    nothing = det([[100, 100, 330, 330]], ["WBC"])  # no red cells to measure, a box over half the field
+    assert any("span half" in m for m in field_warnings(nothing, (416, 416), cfg))

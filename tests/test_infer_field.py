@@ -18,7 +18,7 @@ from conftest import ROOT
 from tools.infer_field import main as infer_main
 
 FIELD_KEYS = {"field_id", "path", "smear_id", "width", "height", "cells", "timings_ms", "error", "versions",
-              "rescaled_imgsz"}
+              "rescaled_imgsz", "warnings"}
 CELL_KEYS = {"box", "det_label", "det_score", "label", "score", "classes", "ood"}
 
 
