@@ -58,6 +58,8 @@ DETECTOR_SCHEMA = {
                                           "the training fields at 320 px: median 51.5 px BCCD, 70 TXL-PBC)"),
     "scale_min_boxes": Field(int, 3, "auto_scale: boxes (score >= 0.4) needed to measure; fewer: keep the first pass"),
     "max_imgsz": Field(int, 640, "auto_scale: largest input size"),
+    "field_checks": Field(bool, True, "warn about fields whose detections cannot be trusted (field_warnings: cells "
+                                      "too small, implausible leukocyte boxes); their cells are then not counted"),
     "train": Field(dict, {}, "training settings, see detection.train.TRAIN_SCHEMA"),
 }
 

@@ -263,7 +263,8 @@ def _infer(items, pipeline, opts) -> dict[str, tuple[FieldResult, dict[int, np.n
         if det is not None:
             if det.imgsz and det.imgsz != getattr(pipeline.detector, "imgsz", det.imgsz):
                 rescaled = int(det.imgsz)
-            warnings = field_warnings(det, (h, w), pipeline.cfg["detector_cfg"])
+            if pipeline.cfg["detector_cfg"]["field_checks"]:
+                warnings = field_warnings(det, (h, w), pipeline.cfg["detector_cfg"])
         out[f.field_id] = (FieldResult(f.field_id, str(f.path), f.smear_id, w, h, cells, timings, None,
                                        dict(pipeline.versions), rescaled, warnings), crop_by_cell)
     return out

@@ -41,7 +41,7 @@ def tiny_models(tmp_path_factory) -> dict:
                                         "min_confidence": 0.0, "batch": 16})
     det = write_yaml(d / "det.yaml", {"backend": "yolo", "model": "yolov8n.yaml", "weights": None,
                                       "classes": ["WBC", "RBC", "Platelets"], "imgsz": 64, "conf": 0.001,
-                                      "iou": 0.5, "max_det": 4})
+                                      "iou": 0.5, "max_det": 4, "field_checks": False})
     pipe = write_yaml(d / "pipeline.yaml", {
         "detector": str(det),
         "classifiers": [{"config": str(d / "pbc8.yaml")}, {"config": str(d / "wang11.yaml")},

@@ -104,3 +104,17 @@ def test_prognosis_decisions():
     no_ci = {**CFG, "prognosis_use_ci": False}
     assert prognosis(_covid_tally(2, 100), no_ci)["decision"] == "positive"
     assert prognosis(_covid_tally(1, 100), no_ci)["decision"] == "negative"
+
+
+def test_unanalysable_fields_are_not_counted_and_flagged():
+    from pipelines.config import validate
+    from pipelines.differential import DIFFERENTIAL_SCHEMA, SmearTally, smear_report
+
+    t = SmearTally("s")
+    cell = {"label": "blast", "det_label": "WBC", "classes": {"pbc8": {}}}
+    t.add({"error": None, "cells": [cell], "warnings": ["1 leukocyte box(es) 9.0 red-cell diameters wide"]}, {"WBC"})
+    t.add({"error": None, "cells": [{**cell, "label": "lymphocyte"}]}, {"WBC"})
+    rep = smear_report(t, validate({}, DIFFERENTIAL_SCHEMA, "t"))
+    assert rep["fields_unanalysable"] == 1 and rep["fields_used"] == 1 and rep["leukocytes_counted"] == 1
+    flags = {f["flag"]: f["detail"] for f in rep["flags"]}
+    assert "blasts_present" not in flags and "red-cell diameters" in flags["unanalysable"]
