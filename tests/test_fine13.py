@@ -261,3 +261,62 @@ def test_domain_shift_flag_from_familiarity():
     assert bad["unfamiliar"] == 3 and bad["leukocytes_counted"] == 1  # unfamiliar cells are not counted
     assert smear([5.0, 5.0], ["unfamiliar"] * 2)["familiarity"]["cells"] == 2
     assert "domain_shift" not in [f["flag"] for f in smear([5.0, 5.0], ["unfamiliar"] * 2)["flags"]]  # too few
+
+
+def test_adapt_with_labels_writes_a_runnable_pipeline(tmp_path, tiny_models):
+    """--labels: a tiny fine13 network adapted on coloured cells of a 'new lab' learns them, and DIR/pipeline.yaml
+    runs through infer_field with the adapted weights."""
+    import csv
+
+    import torch
+    import yaml
+
+    from classification.classifier import Classifier
+    from classification.models import build_backbone, save_checkpoint
+    from classification.ood import fit_ood
+    from pipelines.io import write_image
+    from tools.adapt_classifier import main
+    from tools.infer_field import main as infer
+
+    torch.manual_seed(0)
+    w = save_checkpoint(tmp_path / "f13.pt", build_backbone("tiny_cnn", 13), "tiny_cnn", "fine13", FINE, 24,
+                        (0.5,) * 3, (0.25,) * 3)
+    rng = np.random.default_rng(0)
+    clf = Classifier(w)
+    noise = [rng.integers(0, 255, (24, 24, 3), dtype=np.uint8) for _ in range(64)]
+    ck = torch.load(w, weights_only=False)
+    ck["ood"] = fit_ood(clf.features(noise), clf.classify(noise).argmax(1), dims=8)
+    torch.save(ck, w)
+    cfg_dir = tmp_path / "cfg"
+    cfg_dir.mkdir()
+    (cfg_dir / "f13.yaml").write_text(yaml.safe_dump({"task": "fine13", "arch": "tiny_cnn", "weights": str(w),
+                                                       "input_size": 24}))
+    base = yaml.safe_load(open(tiny_models["pipeline"]))
+    base["classifiers"] = [{"config": str(cfg_dir / "f13.yaml")}]
+    (cfg_dir / "pipe.yaml").write_text(yaml.safe_dump(base))
+    colours = {"NEUTROPHIL": (220, 40, 40), "Lymphocyte": (40, 40, 220), "eosinophil": (40, 200, 40)}
+    d = tmp_path / "labelled"
+    d.mkdir()
+    with open(d / "labels.csv", "w", newline="") as f:
+        wr = csv.writer(f)
+        wr.writerow(["path", "label"])
+        for lab, c in colours.items():
+            for i in range(14):
+                write_image(d / f"{lab}_{i}.png", np.clip(rng.normal(c, 12, (30, 30, 3)), 0, 255).astype(np.uint8))
+                wr.writerow([f"{lab}_{i}.png", lab])
+    out = tmp_path / "adapted"
+    assert main(["--labels", str(d / "labels.csv"), "--weights", str(w), "--out", str(out), "--config",
+                 str(cfg_dir / "pipe.yaml"), "--epochs", "15", "--blocks", "2", "--lr", "0.01"]) == 0
+    ad = Classifier(out / "classifier.pt")
+    a = ad.meta["adaptation"]
+    assert a["held_back"] == 12 and a["train"] == 30 and a["held_back_after"]["accuracy"] >= 0.9
+    assert len(ad.meta["ood"]["means"]) > len(ck["ood"]["means"])  # the lab's class means were added
+    assert "| accuracy |" in (out / "card.md").read_text()
+    run = tmp_path / "run"
+    assert infer([str(d), "--cells", "--out", str(run), "--config", str(out / "pipeline.yaml"), "--no-progress"]) == 0
+    rec = [__import__("json").loads(x) for x in (run / "fields.jsonl").read_text().splitlines()]
+    assert all("classifier.onnx" in r["versions"]["fine13"] for r in rec)
+    assert main(["--labels", str(d / "labels.csv"), "--weights", str(w), "--out", str(out)]) == 2  # not empty
+    bad = d / "bad.csv"
+    bad.write_text("path,label\nNEUTROPHIL_0.png,giraffe\n")
+    assert main(["--labels", str(bad), "--weights", str(w), "--out", str(tmp_path / "x")]) == 2

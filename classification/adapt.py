@@ -1,0 +1,128 @@
+"""Few-shot adaptation of a classifier to one laboratory from a small labelled set of its cells (Chossegros et al.
+2024: > 80% on every target lab with <= 100 labelled images).
+
+Recipe: batch-norm statistics re-estimated on the lab's own cells (AdaBN, ``models.adapt_batchnorm`` at alpha 1),
+then the last blocks and the head fine-tuned with those statistics frozen (a few dozen cells cannot estimate them),
+strong augmentation, label-set loss (labels may be coarse: ``neutrophil``), early stopping on a held-back part of
+the labelled cells. The familiarity score learns the lab: its class means are appended to the checkpoint's
+(``ood.means``), so that the lab's cells stop being unfamiliar while the whitening and threshold stay.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+
+from classification.train import augment, freeze_bn_stats, jpeg_degrade, normalize, set_loss, to_tensor
+
+# Augmentation of the few labelled cells: the lab's own look varies less than the training mix, so colour is
+# jittered lightly and geometry fully.
+ADAPT_AUG = {"rotate": True, "scale": 0.0, "zoom": [0.85, 1.25], "translate": 0.06, "color": 0.15, "stain": 0.04,
+             "gamma": 0.0, "hed": 0.03, "tint": 0.05, "blur": 1.0, "resolution": 0.7, "noise": 0.02}
+
+
+def split_holdout(labels: list[str], share: float, seed: int = 0, min_train: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified split of sample indices: ``share`` of each label held back (at least one when the label has two or
+    more samples, never leaving fewer than ``min_train`` to train on). Returns ``(train, held)`` index arrays."""
+    rng = np.random.default_rng(seed)
+    train, held = [], []
+    labels = np.asarray(labels)
+    for lab in sorted(set(labels.tolist())):
+        idx = rng.permutation(np.flatnonzero(labels == lab))
+        k = min(max(1, round(len(idx) * share)), len(idx) - min_train) if len(idx) > min_train else 0
+        held += idx[:k].tolist()
+        train += idx[k:].tolist()
+    return np.array(sorted(train), int), np.array(sorted(held), int)
+
+
+def trainable_tail(model, blocks: int):
+    """Parameters of the head and the last ``blocks`` stages of a backbone (timm EfficientNet-style ``blocks`` /
+    ``conv_head``; otherwise the last ``blocks + 1`` top-level children), the rest frozen. Returns the list."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if hasattr(model, "blocks") and hasattr(model, "conv_head"):
+        parts = list(model.blocks)[-blocks:] + [model.conv_head, model.bn2, model.get_classifier()]
+    else:
+        parts = list(model.children())[-(blocks + 1):]
+    params = [p for m in parts for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def fine_tune(model, mean, std, x: np.ndarray, y: np.ndarray, sets: np.ndarray, held_x: np.ndarray,
+              held_y: np.ndarray, epochs: int = 40, blocks: int = 2, lr: float = 1e-3, batch: int = 32,
+              patience: int = 8, seed: int = 0, progress=None) -> dict:
+    """Fine-tune ``model`` in place on uint8 NHWC crops ``x`` (prepared at its input size) with label indices ``y``
+    into ``sets`` (label -> allowed classes, ``taxonomies.label_sets``); the epoch with the best accuracy on the
+    held-back crops (or the last one without any) is kept. ``progress``: a callable ``(epoch, epochs, record)``.
+    Returns the history and the best held-back accuracy."""
+    import torch
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    params = trainable_tail(model, blocks)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    sets_t = torch.from_numpy(np.asarray(sets, np.float32))
+    steps = max(1, math.ceil(len(x) / batch))
+    total = epochs * steps
+
+    def held_acc() -> float | None:
+        if not len(held_x):
+            return None
+        model.eval()
+        with torch.inference_mode():
+            pred = np.concatenate([model(normalize(to_tensor(held_x[i:i + 128]), mean, std)).argmax(1).numpy()
+                                   for i in range(0, len(held_x), 128)])
+        return float(np.asarray(sets)[held_y, pred].mean())
+
+    best, best_state, stale, history, step = held_acc(), copy.deepcopy(model.state_dict()), 0, [], 0
+    start = best
+    for epoch in range(epochs):
+        model.train()
+        freeze_bn_stats(model)  # the lab's statistics (AdaBN) stay; a few cells cannot estimate them
+        order = rng.permutation(len(x))
+        tot = 0.0
+        for s in range(steps):
+            b = order[s * batch:(s + 1) * batch]
+            if len(b) < 2:
+                continue
+            for g in opt.param_groups:
+                g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            xb = normalize(augment(to_tensor(jpeg_degrade(x[b], 60, rng)), ADAPT_AUG, gen), mean, std)
+            loss = set_loss(model(xb), torch.from_numpy(y[b]), sets_t, 0.05)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += float(loss.detach())
+            step += 1
+        acc = held_acc()
+        rec = {"epoch": epoch + 1, "loss": round(tot / steps, 4),
+               "held_accuracy": None if acc is None else round(acc, 4)}
+        history.append(rec)
+        if progress:
+            progress(epoch + 1, epochs, rec)
+        if acc is None or best is None or acc > best:
+            best, best_state, stale = acc, copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return {"history": history, "held_accuracy_before_fine_tuning": start, "held_accuracy": best}
+
+
+def lab_class_means(features: np.ndarray, classes_idx: np.ndarray, min_cells: int = 2) -> list[list[float]]:
+    """Mean feature vector of each class with at least ``min_cells`` of the lab's cells (for ``ood.means``)."""
+    out = []
+    for k in np.unique(classes_idx):
+        m = classes_idx == k
+        if m.sum() >= min_cells:
+            out.append(features[m].mean(0).astype(np.float32).tolist())
+    return out
