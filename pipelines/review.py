@@ -104,9 +104,17 @@ def build_dataset(run_dir: Path, name: str, gt: dict | None = None, overwrite: b
             if w and h:
                 s["predictions"] = fo.Detections(detections=preds)
                 s["detections"] = fo.Detections(detections=dets)
+                # what a reviewer looks at: the classified leukocytes, by final class (cell index k into "cells")
+                s["leukocytes"] = fo.Detections(detections=[
+                    fo.Detection(label=c["label"], bounding_box=p.bounding_box, confidence=c["score"],
+                                 cell_index=k, ood=c.get("ood"), **{a: p[a] for a in p.field_names
+                                                                     if a.endswith(("_label", "_score"))})
+                    for k, (c, p) in enumerate(zip(rec["cells"], preds)) if c.get("classes")])
             entry = match_ground_truth(gt, rec["path"]) if gt is not None else None
             if entry is not None and w and h:
                 s["ground_truth"] = _gt_detections(fo, entry, w, h)
+                s["gt_leukocytes"] = fo.Detections(detections=[d for d in s["ground_truth"].detections
+                                                               if d.label == "WBC"])
                 n_gt += 1
             samples.append(s)
     if gt is not None and not n_gt:
@@ -128,10 +136,79 @@ def build_dataset(run_dir: Path, name: str, gt: dict | None = None, overwrite: b
 
         ds.save_view(f"cells_{_slug(lab)}", patches.match(F("predictions.label") == lab))
     info["cell_views"] = [f"cells_{_slug(lab)}" for lab in labels]
+    if ds.has_field("leukocytes"):  # the app opens on the leukocytes, by class, not on every red-cell box
+        ds.save_view(REVIEW_VIEW, ds.to_patches("leukocytes").sort_by("leukocytes.label"))
+        ds.app_config.active_fields = fo.ActiveFields(paths=["leukocytes", "gt_leukocytes"])
+        ds.app_config.color_scheme = fo.ColorScheme(color_by="value")
     ds.info = {"run_dir": str(run_dir.resolve()), **info}
     ds.save()
     log(json.dumps({"dataset": name, **info}))
     return ds
+
+
+REVIEW_VIEW = "review_leukocytes"  # patches of the classified leukocytes, by final class: where review happens
+CONFIRM_TAG = "confirmed"  # a label tag that confirms the cell's final class; a class name as tag corrects it
+REJECT_TAG = "not_a_cell"  # a label tag that drops the box (not a leukocyte) from the export
+
+
+def review_tags(ds) -> int:
+    """How many leukocyte labels carry review tags (a rebuild would lose them)."""
+    if not ds.has_field("leukocytes"):
+        return 0
+    return int(sum(ds.count_label_tags("leukocytes").values()))
+
+
+def reviewed_label(tags: list[str], predicted: str, classes: set[str]) -> str | None:
+    """The reviewed class of a cell from its label tags: a tag naming a class corrects it, ``confirmed`` keeps the
+    predicted class (when it is a class), ``not_a_cell`` or no review tag gives None. Raises ``ValueError`` for
+    tags naming two different classes."""
+    named = sorted({t for t in tags if t in classes})
+    if len(named) > 1:
+        raise ValueError(f"a cell is tagged with two classes {named}")
+    if REJECT_TAG in tags:
+        return None
+    if named:
+        return named[0]
+    if CONFIRM_TAG in tags and predicted in classes:
+        return predicted
+    return None
+
+
+def export_reviewed(ds, out_dir: Path, classes: set[str], crop_margin: float = 0.75, log=print) -> dict:
+    """Write the reviewed leukocytes (``reviewed_label``) as crops, framed as the pipeline frames them, under
+    ``out_dir/cells/`` and ``out_dir/labels.csv`` (``path,label,field_id,box``, header, paths relative to the CSV):
+    the input of ``tools/adapt_classifier.py --labels``. Returns counts per label."""
+    import csv
+
+    from pipelines.crop import background_colour, crop_square
+    from pipelines.fo_convert import rel_xywh_to_xyxy
+    from pipelines.io import read_image, write_image
+
+    out_dir = Path(out_dir)
+    (out_dir / "cells").mkdir(parents=True, exist_ok=True)
+    rows, counts = [], {}
+    view = ds.match_tags("failed", bool=False).select_fields(["leukocytes", "field_id"])
+    for sample in view.iter_samples():
+        cells = [(d, reviewed_label(list(d.tags or []), d.label, classes))
+                 for d in (sample.leukocytes.detections if sample.leukocytes else [])]
+        cells = [(d, lab) for d, lab in cells if lab]
+        if not cells:
+            continue
+        img = read_image(sample.filepath)
+        h, w = img.shape[:2]
+        fill = background_colour(img)
+        for d, lab in cells:
+            box = [round(v, 1) for v in rel_xywh_to_xyxy(d.bounding_box, w, h)]
+            name = f"cells/{_slug(sample.field_id)}_{d.cell_index}.png"
+            write_image(out_dir / name, crop_square(img, box, crop_margin, fill))
+            rows.append({"path": name, "label": lab, "field_id": sample.field_id, "box": " ".join(map(str, box))})
+            counts[lab] = counts.get(lab, 0) + 1
+    with open(out_dir / "labels.csv", "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=["path", "label", "field_id", "box"])
+        wr.writeheader()
+        wr.writerows(rows)
+    log(json.dumps({"labels_csv": str(out_dir / "labels.csv"), "cells": len(rows), "per_label": counts}))
+    return counts
 
 
 def add_cell_embeddings(ds, weights, crop_margin: float = 0.75, method: str = "tsne",

@@ -155,3 +155,66 @@ def test_ground_truth_matching_uses_longest_path_suffix():
     assert match_ground_truth(gt, "/data/run/smear_02/field_001.png") == "b"
     assert match_ground_truth(gt, "/x/JPEGImages/BloodImage_00001.jpg") == "c"
     assert match_ground_truth(gt, "/x/field_001.png") is None
+
+
+def test_reviewed_label_from_tags():
+    from pipelines.review import reviewed_label
+
+    classes = {"lymphocyte", "monocyte", "segmented_neutrophil"}
+    assert reviewed_label(["monocyte"], "lymphocyte", classes) == "monocyte"  # corrected
+    assert reviewed_label(["confirmed"], "lymphocyte", classes) == "lymphocyte"
+    assert reviewed_label(["confirmed"], "unidentified", classes) is None  # nothing to confirm
+    assert reviewed_label(["not_a_cell", "monocyte"], "lymphocyte", classes) is None
+    assert reviewed_label([], "lymphocyte", classes) is None  # not reviewed
+    with pytest.raises(ValueError, match="two classes"):
+        reviewed_label(["monocyte", "lymphocyte"], "lymphocyte", classes)
+
+
+def test_ground_truth_found_under_a_dataset_root_or_refused(tmp_path):
+    from pipelines.review import read_ground_truth
+
+    (tmp_path / "Annotations").mkdir()
+    (tmp_path / "Annotations" / "f1.xml").write_text(
+        "<annotation><filename>f1.jpg</filename><size><width>10</width><height>10</height></size><object><name>WBC</name><bndbox><xmin>1</xmin>"
+        "<ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox></object></annotation>")
+    assert list(read_ground_truth(tmp_path, "voc", ["WBC"])) == ["f1"]  # the root, as users give it
+    (tmp_path / "labels" / "test").mkdir(parents=True)
+    (tmp_path / "labels" / "test" / "f2.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    assert list(read_ground_truth(tmp_path, "yolo", ["WBC"])) == ["f2"]
+    with pytest.raises(ValueError, match="no voc annotations"):
+        read_ground_truth(tmp_path / "labels", "voc", ["WBC"])
+    with pytest.raises(ValueError, match="not found"):
+        read_ground_truth(tmp_path / "nope", "voc", ["WBC"])
+
+
+TAG = r"""
+import sys
+import fiftyone as fo
+ds = fo.load_dataset(sys.argv[1])
+patches = ds.load_saved_view("review_leukocytes")
+ids = patches.values("leukocytes.id")
+print(len(ids), sorted(ds.app_config.active_fields.paths))
+patches.select_labels(ids=ids[:1], fields="leukocytes").tag_labels("monocyte", label_fields="leukocytes")
+patches.select_labels(ids=ids[1:3], fields="leukocytes").tag_labels("confirmed", label_fields="leukocytes")
+"""
+
+
+@pytest.mark.slow
+def test_review_tags_export_labels_for_adaptation(review_run, tmp_path):
+    import csv
+
+    env = _env(review_run["db"])
+    cmd = [sys.executable, str(ROOT / "tools" / "review.py"), str(review_run["run"]), "--name", "t_export"]
+    assert subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600).returncode == 0
+    t = subprocess.run([sys.executable, "-c", TAG, "t_export"], capture_output=True, text=True, env=env, timeout=300)
+    assert t.returncode == 0, t.stderr[-3000:]
+    n, fields = t.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert int(n) > 3 and "leukocytes" in fields
+    refused = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert refused.returncode == 2 and "review tag" in refused.stderr  # a rebuild would lose the review
+    out = tmp_path / "labels"
+    r = subprocess.run(cmd + ["--export-labels", str(out)], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = list(csv.DictReader(open(out / "labels.csv")))
+    assert len(rows) == 3 and sum(x["label"] == "monocyte" for x in rows) >= 1
+    assert all((out / x["path"]).is_file() for x in rows)
