@@ -15,7 +15,8 @@ import math
 
 import numpy as np
 
-from classification.train import augment, freeze_bn_stats, jpeg_degrade, normalize, set_loss, to_tensor
+from classification.preprocess import normalize, to_tensor
+from classification.train import augment, freeze_bn_stats, jpeg_degrade, set_loss
 
 # Augmentation of the few labelled cells: the lab's own look varies less than the training mix, so colour is
 # jittered lightly and geometry fully.

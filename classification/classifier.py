@@ -9,14 +9,18 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.config import ConfigError, validate, resolve_path
+from classification.harmonize import stain_normalize
+from classification.models import BACKBONES, features_and_logits, load_checkpoint
+from classification.ood import ood_head
+from classification.preprocess import TTA_VIEWS, mean_logit_probs, resize_crops, tta_views  # noqa: F401
+from classification.schema import CLASSIFIER_SCHEMA, TRAIN_SCHEMA
+from classification.taxonomies import TAXONOMIES, VIEWS, refines
+from core.config import ConfigError, resolve_path, validate
+from core.onnxrt import onnx_session
 
 
 def check_classifier_config(cfg: dict, where: str = "classifier config") -> dict:
     """Validate a classifier config (``classification.train.CLASSIFIER_SCHEMA``) and return it with defaults."""
-    from classification.models import BACKBONES
-    from classification.taxonomies import TAXONOMIES
-    from classification.train import CLASSIFIER_SCHEMA, TRAIN_SCHEMA
 
     cfg = validate(cfg, CLASSIFIER_SCHEMA, where)
     if cfg["task"] not in TAXONOMIES:
@@ -30,9 +34,6 @@ def check_classifier_config(cfg: dict, where: str = "classifier config") -> dict
     return cfg
 
 
-TTA_VIEWS = (1, 2, 4, 8)
-
-
 def check_tta(tta: int, tta_below: float, where: str = "classifier") -> None:
     """Raise ``ConfigError`` for test-time augmentation settings ``tta_views`` cannot run."""
     if tta not in TTA_VIEWS:
@@ -41,32 +42,9 @@ def check_tta(tta: int, tta_below: float, where: str = "classifier") -> None:
         raise ConfigError(f"{where}: tta_below must be in [0, 1], not {tta_below!r}")
 
 
-def tta_views(x: np.ndarray, n: int) -> list[np.ndarray]:
-    """``n`` views of uint8 NHWC crops for test-time augmentation, ``x`` itself first: 2 = + horizontal mirror,
-    4 = the rotations by 90 degrees, 8 = the rotations and their mirror images (a cell has no orientation on a
-    smear; training rotates by any angle and flips)."""
-    if n not in TTA_VIEWS:
-        raise ValueError(f"tta must be one of {list(TTA_VIEWS)} views, not {n!r}")
-    if n == 1:
-        return [x]
-    if n == 2:
-        return [x, x[:, :, ::-1]]
-    rot = [x] + [np.rot90(x, k, axes=(1, 2)) for k in (1, 2, 3)]
-    return rot if n == 4 else rot + [r[:, :, ::-1] for r in rot]
-
-
-def mean_logit_probs(probs: list[np.ndarray]) -> np.ndarray:
-    """Combine per-view probabilities softmax(logits_v / T) into softmax(mean_v(logits_v) / T): the normalized
-    geometric mean (log-probabilities differ from logits / T by a per-view constant)."""
-    logp = np.mean([np.log(np.clip(p.astype(np.float64), 1e-30, None)) for p in probs], axis=0)
-    e = np.exp(logp - logp.max(1, keepdims=True))
-    return (e / e.sum(1, keepdims=True)).astype(np.float32)
-
-
 def refinement_map(source_classes: list[str], target_classes: list[str]) -> np.ndarray:
     """(S, T) 0/1 matrix: source class s -> the target class it is or refines (``taxonomies.refines``: wang11's
     band_neutrophil -> pbc8's neutrophil, lymphocyte -> lymphocyte); rows of source classes without one are zero."""
-    from classification.taxonomies import refines
 
     m = np.zeros((len(source_classes), len(target_classes)), np.float64)
     for i, s in enumerate(source_classes):
@@ -120,21 +98,10 @@ def load_classifier(weights, device: str = "cpu", batch: int = 64, half: bool = 
     return clf
 
 
-def resize_crops(crops: list[np.ndarray], size: int) -> np.ndarray:
-    """Crops -> uint8 NHWC at ``size`` (border-replicated to square, then resized)."""
-    from pipelines.io import square_resize
-
-    out = np.empty((len(crops), size, size, 3), np.uint8)
-    for i, c in enumerate(crops):
-        out[i] = square_resize(c, size)
-    return out
-
-
 def _normalize_stain(x: np.ndarray, stain: dict | None) -> np.ndarray:
     """Reinhard-normalize resized crops to ``stain`` when the model was trained so; else ``x`` itself."""
     if not stain:
         return x
-    from classification.harmonize import stain_normalize
 
     return stain_normalize(x, stain["lab_mean"], stain["lab_std"])
 
@@ -159,7 +126,6 @@ class _CropClassifier:
     def views(self) -> dict[str, list[str]]:
         """Taxonomies whose verdicts this classifier's output also gives (``taxonomies.VIEWS``: a fine13 network
         answers pbc8 and wang11), name -> classes; empty for a classifier of one taxonomy."""
-        from classification.taxonomies import TAXONOMIES, VIEWS
 
         return {v: TAXONOMIES[v] for v in VIEWS.get(self.task, [])}
 
@@ -215,7 +181,6 @@ class Classifier(_CropClassifier):
     def __init__(self, weights, device: str = "cpu", batch: int = 64, half: bool = False):
         import torch
 
-        from classification.models import load_checkpoint
 
         path = resolve_path(weights)
         if path is None or not path.exists():
@@ -233,7 +198,6 @@ class Classifier(_CropClassifier):
         self.name = f"{self.task}:{self.meta['arch']}@{self.input_size}:{path.name}"
         self._ood = None
         if self.has_ood:
-            from classification.ood import ood_head
 
             self._ood = ood_head(self.meta["ood"]).to(self.device)
 
@@ -246,7 +210,6 @@ class Classifier(_CropClassifier):
         """``features`` of crops already prepared at the input size (uint8 NHWC)."""
         import torch
 
-        from classification.models import features_and_logits
 
         out = []
         with torch.inference_mode():
@@ -264,7 +227,6 @@ class Classifier(_CropClassifier):
     def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         import torch
 
-        from classification.models import features_and_logits
 
         out, ood = [], []
         with torch.inference_mode():
@@ -288,7 +250,6 @@ class OnnxClassifier(_CropClassifier):
     def __init__(self, path, device: str = "cpu", batch: int = 64):
         import json
 
-        from pipelines.onnxrt import onnx_session
 
         path = resolve_path(path)
         if path is None or not path.exists():
@@ -322,13 +283,10 @@ def export_onnx(checkpoint, out, opset: int = 17) -> Path:
     import onnx
     import torch
 
-    from classification.models import load_checkpoint
 
     checkpoint, out = Path(resolve_path(checkpoint)), Path(out)
     model, meta = load_checkpoint(checkpoint)
 
-    from classification.models import features_and_logits
-    from classification.ood import ood_head
 
     class _Export(torch.nn.Module):
         def __init__(self):

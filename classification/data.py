@@ -15,8 +15,10 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from classification.harmonize import harmonize, reference_stats, zoom_between
 from classification.taxonomies import COARSE_LABELS, LMU_TO_WANG11, PBC_FINE_TO_WANG11, check_task
-from pipelines.config import data_root
+from core.config import data_root, resolve_path
+from core.io import read_image, square_resize
 
 
 def _manifest(name: str) -> tuple[Path, list[dict]]:
@@ -60,7 +62,6 @@ def load_samples(task: str, split: str, sources: list[str] | None = None,
             root, rows = _manifest("lmu_aml")
             out += [(root / r["path"], r["label"]) for r in rows if r["split"] == split]
         for name, csv_path in (cell_sets or {}).items():
-            from pipelines.config import resolve_path
 
             p = resolve_path(csv_path)
             if not p.exists():
@@ -108,7 +109,6 @@ def load_array(samples: list[tuple[Path, str]], classes: list[str], size: int, p
     a label is its index in ``classes`` (for fine13: ``train_labels``, the classes then the coarse labels)."""
     import numpy as np
 
-    from pipelines.io import read_image, square_resize
 
     x = np.empty((len(samples), size, size, 3), np.uint8)
     y = np.array([classes.index(lab) for _, lab in samples], np.int64)
@@ -140,8 +140,6 @@ def harmonized_array(samples: list[tuple[Path, str]], classes: list[str], size: 
     magnification ratio ``zoom_between(source, reference)``), at ``size``: ``(uint8 N x size x size x 3, labels)``."""
     import numpy as np
 
-    from classification.harmonize import harmonize, reference_stats, zoom_between
-    from pipelines.io import read_image, square_resize
 
     mean, std = reference_stats([p for p, _ in load_samples("pbc8" if reference == "pbc" else "wang11", "train",
                                                             [reference])])

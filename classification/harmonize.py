@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.io import read_image
+
 # lmu_aml -> PBC magnification: ratio of red-cell diameters measured on the 224 px images (~45 px vs ~66 px)
 SOURCE_ZOOM = {"lmu_aml": 0.68}
 # Relative magnification of each laboratory's cell images (PBC = 1): harmonizing source -> reference zooms by
@@ -31,7 +33,6 @@ def lab_stats(images) -> tuple[np.ndarray, np.ndarray]:
 
 def reference_stats(paths, n: int = 400) -> tuple[np.ndarray, np.ndarray]:
     """Lab statistics of ``n`` images of ``paths`` drawn with seed 0 (the reference laboratory's look)."""
-    from pipelines.io import read_image
 
     rng = np.random.default_rng(0)
     return lab_stats([read_image(paths[i]) for i in rng.choice(len(paths), size=min(n, len(paths)), replace=False)])

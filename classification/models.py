@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
+from classification.preprocess import to_tensor, tta_views
+
 # name: (library, model name in that library, default input size in px)
 BACKBONES: dict[str, tuple[str, str, int]] = {
     "xception71": ("timm", "xception71.tf_in1k", 299),       # Rodellar et al. 2022 (covid_rl)
@@ -189,8 +191,6 @@ def adapt_batchnorm(model, x_uint8, mean, std, alpha: float = 0.5, batch: int = 
     import numpy as np
     import torch
 
-    from classification.classifier import tta_views
-    from classification.train import to_tensor
 
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not bns:

@@ -15,89 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.config import Field, REQUIRED, validate
-
-CLASSIFIER_SCHEMA = {
-    "task": Field(str, REQUIRED, "taxonomy: pbc8 | wang11 | covid_rl"),
-    "arch": Field(str, REQUIRED, "backbone name, see classification.models.BACKBONES"),
-    "weights": Field(str, None, "trained checkpoint (.pt), relative to the repo root; None = no model"),
-    "input_size": Field(int, None, "input size in px (default: the backbone's)"),
-    "pretrained": Field(str, None, "opt-in local ImageNet checkpoint to start from (users online); never default"),
-    "min_confidence": Field(float, 0.5, "below this top-class probability the cell's final label is 'unidentified'"),
-    "batch": Field(int, 64, "crops per inference batch"),
-    "tta": Field(int, 1, "test-time augmentation views: 1 (off), 2 (+ mirror), 4 (rotations by 90 degrees), 8 "
-                         "(rotations and mirror images); probabilities from the views' mean logits"),
-    "tta_below": Field(float, 1.0, "extra views only for cells whose single-view top probability is below this "
-                                   "(1.0 = every cell)"),
-    "train": Field(dict, {}, "training settings, see TRAIN_SCHEMA"),
-}
-
-TRAIN_SCHEMA = {
-    "sources": Field(list, None, "datasets (pbc, lmu_aml); default: all the task uses"),
-    "cell_sets": Field(dict, None, "fine13: {laboratory: labels.csv} labelled cell sets with a split column (e.g. "
-                                   "{bccd: runs/cells/bccd/labels.csv} from tools/prepare_cells.py)"),
-    "data_dir": Field(str, None, "folder-per-class dataset with train/ val/ test/ subfolders (own data)"),
-    "epochs": Field(int, 30, "maximum epochs"),
-    "batch": Field(int, 64, "crops per step"),
-    "lr": Field(float, 2e-3, "peak learning rate (AdamW)"),
-    "weight_decay": Field(float, 0.05, "AdamW weight decay"),
-    "warmup_epochs": Field(float, 1.0, "linear warm-up before cosine decay"),
-    "label_smoothing": Field(float, 0.05, "cross-entropy label smoothing"),
-    "balance": Field(float, 1.0, "oversampling exponent: sample weight = count^-balance (0 = natural, 1 = balanced)"),
-    "balance_by": Field(str, "class", "what balance counts: 'class', or 'class_source': every (class, source "
-                                      "laboratory) group gets the same share, harmonized copies counted with the "
-                                      "laboratory they are made to look like; so that within one laboratory's look "
-                                      "no class is favoured because another laboratory also provides it; or "
-                                      "'class_then_source': classes by balance, then within a class the "
-                                      "laboratories by source_balance",
-                        choices=("class", "class_source", "class_then_source")),
-    "source_balance": Field(float, 0.5, "class_then_source: within a class, laboratory share = count^(1 - this) (0 = "
-                                        "natural, 1 = every laboratory alike)"),
-    "epoch_samples": Field(int, 0, "samples drawn per epoch (0 = the size of the train set)"),
-    "norm": Field(str, "batch", "normalization layers while training: 'batch' (batch norm, statistics learnt), "
-                                "'frozen_bn' (batch-norm statistics kept from the pretrained start: eval mode), "
-                                "'group' (every batch norm replaced by a GroupNorm with its affine weights)",
-                  choices=("batch", "frozen_bn", "group")),
-    "select_on": Field(str, "accuracy", "val metric for early stopping and the kept checkpoint: 'accuracy' or "
-                                        "'mean_class_accuracy'", choices=("accuracy", "mean_class_accuracy")),
-    "patience": Field(int, 6, "early stopping: epochs without a gain of the val select_on score"),
-    "seed": Field(int, 0, "random seed (numpy, torch, sampling)"),
-    "threads": Field(int, 0, "torch CPU threads (0 = torch default)"),
-    "rotate": Field(bool, True, "random rotation by any angle (cells have no orientation)"),
-    "scale": Field(float, 0.15, "random zoom +- (magnification differences)"),
-    "zoom": Field(list, None, "[low, high]: random zoom drawn log-uniformly in this range instead of 1 +- scale (> 1 "
-                              "enlarges the cell: other labs' exports frame cells 1.5-2.3x tighter than PBC's)"),
-    "translate": Field(float, 0.08, "random shift, fraction of the size"),
-    "color": Field(float, 0.2, "brightness / contrast / saturation jitter"),
-    "stain": Field(float, 0.08, "per-channel gain jitter (stain hue differences between labs)"),
-    "gamma": Field(float, 0.0, "tone-curve jitter: every crop becomes x ** g, log g uniform in +-log(1 + gamma) (other "
-                               "cameras' tone curves, which Reinhard normalization's mean / std leave); 0 = off"),
-    "blur": Field(float, 0.0, "Gaussian blur of half of each batch, sigma up to this (px at the input size): focus "
-                              "and optics of other microscopes; 0 = off"),
-    "resolution": Field(float, 1.0, "half of each batch is sampled down to a random [resolution, 1] of the input size "
-                                    "and back up (lower magnification / cameras of other labs); 1 = off"),
-    "noise": Field(float, 0.0, "Gaussian pixel noise, std up to this (0-1 scale), on half of each batch; 0 = off"),
-    "hed": Field(float, 0.0, "stain jitter in haematoxylin-eosin-DAB optical-density space (Tellez et al. 2018): "
-                             "each channel scaled by 1 +- hed and shifted by +- hed / 2 (other labs' stain batches); "
-                             "0 = off"),
-    "tint": Field(float, 0.0, "background tint: the bright (background) pixels of each crop get a random colour "
-                              "cast of up to this per channel (yellow or grey backgrounds of other cameras); 0 = off"),
-    "jpeg": Field(int, 0, "JPEG re-compression of half of each batch at a random quality in [jpeg, 95] (other "
-                          "labs' exports); 0 = off"),
-    "stain_normalize": Field(bool, False, "Reinhard-normalize every crop (train, val, test and at inference) to the "
-                                          "training images' mean Lab colour statistics, so that other labs' stains "
-                                          "reach the network looking like the training lab's (stored in the "
-                                          "checkpoint as stain_reference)"),
-    "run_dir": Field(str, "runs/classifier", "checkpoints and logs"),
-    "time_budget_min": Field(float, 0.0, "stop after this many minutes (0 = no limit); best checkpoint kept"),
-    "harmonize": Field(dict, None, "{source: reference}: also train (and select) on a copy of every train / val "
-                                   "image of source made to look like reference (classification.harmonize), so that "
-                                   "a class only one laboratory provides is learnt by morphology"),
-}
-
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-
+from classification.harmonize import lab_stats, stain_normalize
+from classification.metrics import fit_temperature, softmax, summarize
+from classification.models import BACKBONES, build_backbone, group_norm_model, normalization, save_checkpoint
+from classification.preprocess import MEAN, STD, normalize, to_tensor
+from classification.schema import TRAIN_SCHEMA
+from classification.taxonomies import COARSE_LABELS, check_task, label_sets
+from core.config import validate
 
 def augment(x, cfg: dict, gen):
     """Augment a float batch (N, 3, S, S) in [0, 1] in place of a data loader."""
@@ -225,20 +149,6 @@ def degrade(x, cfg: dict, gen):
     return x.clamp_(0, 1)
 
 
-def to_tensor(x_uint8: np.ndarray):
-    """uint8 NHWC -> float NCHW in [0, 1]."""
-    import torch
-
-    return torch.from_numpy(x_uint8).permute(0, 3, 1, 2).float().div_(255)
-
-
-def normalize(x, mean=MEAN, std=STD):
-    """Float NCHW in [0, 1] -> the network's input (``(x - mean) / std``; see ``models.normalization``)."""
-    import torch
-
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-
-
 def predict_logits(model, x_uint8: np.ndarray, batch: int = 256, mean=MEAN, std=STD) -> np.ndarray:
     """Logits of a model on uint8 NHWC crops already at its input size."""
     import torch
@@ -309,9 +219,6 @@ def train_classifier(cfg: dict, out: Path, data: dict, resume: bool = False, log
     with temperature and metrics to ``out`` and returns its metrics."""
     import torch
 
-    from classification.metrics import fit_temperature, softmax, summarize
-    from classification.models import BACKBONES, build_backbone, group_norm_model, normalization, save_checkpoint
-    from classification.taxonomies import check_task, label_sets
 
     t = validate(cfg["train"], TRAIN_SCHEMA, "classifier train")
     classes = check_task(cfg["task"])
@@ -328,7 +235,6 @@ def train_classifier(cfg: dict, out: Path, data: dict, resume: bool = False, log
     (xtr, ytr), (xva, yva) = data["train"], data["val"]
     stain = None
     if t["stain_normalize"]:
-        from classification.harmonize import lab_stats, stain_normalize
 
         sub = rng.choice(len(xtr), size=min(400, len(xtr)), replace=False)
         lab_mean, lab_std = lab_stats([xtr[i] for i in sub])
@@ -439,6 +345,5 @@ def train_classifier(cfg: dict, out: Path, data: dict, resume: bool = False, log
 def train_labels(task: str) -> list[str]:
     """Labels a training sample of ``task`` may carry, in index order: the taxonomy's classes, then (fine13) the
     coarse labels of ``taxonomies.COARSE_LABELS``."""
-    from classification.taxonomies import COARSE_LABELS, check_task
 
     return check_task(task) + (COARSE_LABELS if task == "fine13" else [])

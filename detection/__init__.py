@@ -12,26 +12,12 @@ Heavy libraries (torch, ultralytics, onnxruntime) are imported inside the backen
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
-from pipelines.config import ConfigError, Field, REQUIRED, validate
-
-
-@dataclass(frozen=True)
-class Detections:
-    """Detections in one image. ``xyxy``: float32 (N, 4) absolute pixels; ``scores``: float32 (N,) in [0, 1];
-    ``labels``: N class names."""
-
-    xyxy: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
-    scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
-    labels: tuple[str, ...] = ()
-    imgsz: int | None = None  # network input size these came from, when the detector chose it per image
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
+from core.config import REQUIRED, ConfigError, Field, validate
+from detection.base import Detections, letterbox, rect_canvas  # noqa: F401 (the package's contract)
+from detection.ssd import SSDDetector
+from detection.yolo import OnnxYoloDetector, YoloDetector
 
 DETECTOR_SCHEMA = {
     "backend": Field(str, REQUIRED, "one of DETECTORS: yolo | onnx | ssd300"),
@@ -64,25 +50,7 @@ DETECTOR_SCHEMA = {
 }
 
 
-def _yolo(cfg, device):
-    from detection.yolo import YoloDetector
-
-    return YoloDetector(cfg, device)
-
-
-def _onnx(cfg, device):
-    from detection.yolo import OnnxYoloDetector
-
-    return OnnxYoloDetector(cfg, device)
-
-
-def _ssd300(cfg, device):
-    from detection.ssd import SSDDetector
-
-    return SSDDetector(cfg, device)
-
-
-DETECTORS = {"yolo": _yolo, "onnx": _onnx, "ssd300": _ssd300}
+DETECTORS = {"yolo": YoloDetector, "onnx": OnnxYoloDetector, "ssd300": SSDDetector}
 
 
 def check_detector_config(cfg: dict, where: str = "detector config") -> dict:
@@ -159,9 +127,9 @@ MIN_RBC_PX = 22.0
 
 def field_warnings(det: Detections, image_hw: tuple[int, int], cfg: dict) -> list[str]:
     """Why a field's detections cannot be trusted (empty when they can): its red cells are still too small on the
-    network's input (``MIN_RBC_PX``, after ``auto_scale`` where on), its leukocyte boxes are many red-cell diameters wide
-    (more than ``MAX_WBC_PER_RBC``; half-field boxes on smartphone eyepiece photos), or they cover most of the field
-    (``MAX_WBC_FIELD_SHARE``). ``det.imgsz`` (or the config's ``imgsz``) is the input size the boxes came from."""
+    network's input (``MIN_RBC_PX``, after ``auto_scale`` where on), its leukocyte boxes are many red-cell diameters
+    wide (more than ``MAX_WBC_PER_RBC``; half-field boxes on smartphone eyepiece photos), or they cover most of the
+    field (``MAX_WBC_FIELD_SHARE``). ``det.imgsz`` (or the config's ``imgsz``) is the input size the boxes came from."""
     h, w = image_hw
     imgsz = det.imgsz or cfg["imgsz"]
     out = []
@@ -232,35 +200,3 @@ class AutoScaleDetector:
             for i, d in zip(idx, self.inner.detect([images[i] for i in idx], imgsz=size)):
                 dets[i] = dataclasses.replace(d, imgsz=size)
         return dets
-
-
-def letterbox(image: np.ndarray, size: int, pad_value: int = 114,
-              canvas_hw: tuple[int, int] | None = None) -> tuple[np.ndarray, float, tuple[int, int]]:
-    """Resize keeping the aspect ratio so that the longest side fits ``size``, centred on a ``size`` x ``size``
-    canvas (or ``canvas_hw``, which must hold the resized image).
-
-    Returns the canvas (uint8 HxWx3), the scale factor and the (left, top) padding, so that an original point is
-    ``(x * scale + left, y * scale + top)`` on the canvas.
-    """
-    import cv2
-
-    h, w = image.shape[:2]
-    scale = min(size / h, size / w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    ch, cw = canvas_hw or (size, size)
-    resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else image
-    top, left = (ch - nh) // 2, (cw - nw) // 2
-    canvas = np.full((ch, cw, 3), pad_value, np.uint8)
-    canvas[top:top + nh, left:left + nw] = resized
-    return canvas, scale, (left, top)
-
-
-def rect_canvas(shapes: list[tuple[int, int]], size: int, stride: int = 32) -> tuple[int, int]:
-    """Smallest (height, width), multiples of ``stride``, that hold every image of ``shapes`` letterboxed at
-    ``size`` (see ``letterbox``)."""
-    hh = ww = stride
-    for h, w in shapes:
-        scale = min(size / h, size / w)
-        hh = max(hh, -(-max(1, round(h * scale)) // stride) * stride)
-        ww = max(ww, -(-max(1, round(w * scale)) // stride) * stride)
-    return hh, ww

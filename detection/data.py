@@ -2,7 +2,7 @@
 
 Every reader returns ``FieldAnnotation`` records with boxes in absolute pixels of the original image, ``xyxy``
 (x1 < x2, y1 < y2, float), and string labels from the dataset card's ``classes``. Dataset cards live in
-``datasets/*.yaml``; their ``root`` is relative to the data root (``pipelines.config.data_root()``).
+``datasets/*.yaml``; their ``root`` is relative to the data root (``core.config.data_root()``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.config import REPO_ROOT, REQUIRED, ConfigError, Field, data_root, load_yaml, validate
+from core.config import REPO_ROOT, REQUIRED, ConfigError, Field, data_root, load_yaml, validate
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from detection import Detections
-from pipelines.config import resolve_path
+from core.config import resolve_path
+from detection.base import Detections
 
 
 def build_ssd(cfg: dict):

@@ -12,8 +12,11 @@ import shutil
 import time
 from pathlib import Path
 
+from core.config import ConfigError, Field, validate
+from core.io import read_image
 from detection.data import FieldAnnotation, load_card, read_split, write_yolo_dataset
-from pipelines.config import ConfigError, Field, validate
+from detection.ssd import build_ssd
+from detection.yolo import ultralytics_offline
 
 TRAIN_SCHEMA = {
     "data": Field(list, ["bccd:trainval", "txl_pbc:train"], "training sets as card:split"),
@@ -55,7 +58,6 @@ def read_sets(specs: list[str], classes: list[str]) -> list[FieldAnnotation]:
 
 def train_yolo(cfg: dict, out: Path, resume: bool = False, device: str = "cpu", name: str = "train") -> Path:
     """Train a YOLO detector; copies the best checkpoint to ``out`` and returns it."""
-    from detection.yolo import ultralytics_offline
 
     ultralytics_offline()
     from ultralytics import YOLO
@@ -87,8 +89,6 @@ def train_ssd(cfg: dict, out: Path, resume: bool = False, device: str = "cpu", l
     import numpy as np
     import torch
 
-    from detection.ssd import build_ssd
-    from pipelines.io import read_image
 
     t = validate(cfg["train"], TRAIN_SCHEMA, "detector train")
     torch.manual_seed(t["seed"])

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from detection import Detections, letterbox, rect_canvas
-from pipelines.config import resolve_path
+from core.config import resolve_path
+from core.onnxrt import onnx_session
+from detection.base import Detections, letterbox, rect_canvas
 
 
 def ultralytics_offline() -> None:
@@ -163,7 +164,6 @@ class OnnxYoloDetector:
     """A YOLO network exported to ONNX (dynamic batch), run by ONNX Runtime; same pre/post-processing."""
 
     def __init__(self, cfg: dict, device: str = "cpu"):
-        from pipelines.onnxrt import onnx_session
 
         self.cfg = cfg
         path = resolve_path(cfg["weights"] or cfg["model"])

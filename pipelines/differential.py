@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from classification.taxonomies import (BLASTS, IMMATURE_GRANULOCYTES, NUCLEATED_RED_CELLS, PLATELETS, UNFAMILIAR,
                                        UNIDENTIFIED)
-from pipelines.config import ConfigError, Field
+from core.config import ConfigError, Field
 
 DIFFERENTIAL_SCHEMA = {
     "ci_method": Field(str, "wilson", "95% CI of proportions: wilson | clopper-pearson"),

@@ -27,8 +27,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from classification.taxonomies import UNFAMILIAR, UNIDENTIFIED
-from pipelines.config import REQUIRED, ConfigError, Field, load_yaml, resolve_path, validate
+from classification.classifier import (check_classifier_config, check_tta, fuse_probs, load_classifier,
+                                       preprocess_key, refinement_map, resize_crops)
+from classification.taxonomies import UNFAMILIAR, UNIDENTIFIED, check_task, refines, view_matrix, view_probs
+from core.config import REQUIRED, ConfigError, Field, load_yaml, resolve_path, validate
+from detection import build_detector, check_detector_config
+from pipelines.crop import background_colour, crop_square
+from pipelines.differential import DIFFERENTIAL_SCHEMA
 from pipelines.results import Cell, TaskResult
 
 PIPELINE_SCHEMA = {
@@ -63,9 +68,6 @@ STAGE_SCHEMA = {
 
 def load_pipeline_config(path) -> dict:
     """Read and validate a pipeline YAML, its stages and the configs they name."""
-    from classification.classifier import check_classifier_config, check_tta
-    from detection import check_detector_config
-    from pipelines.differential import DIFFERENTIAL_SCHEMA
 
     cfg = validate(load_yaml(path), PIPELINE_SCHEMA, str(path))
     cfg["detector_cfg"] = check_detector_config(load_yaml(resolve_path(cfg["detector"])), cfg["detector"])
@@ -91,8 +93,6 @@ def load_pipeline_config(path) -> dict:
 
 def check_fusion(st: dict, earlier: list[dict], where: str) -> None:
     """Raise ``ConfigError`` unless ``st['fuse_into']`` names an earlier stage's task that shares classes with it."""
-    from classification.classifier import refinement_map
-    from classification.taxonomies import check_task
 
     tasks = [e["cfg"]["task"] for e in earlier]
     if st["fuse_into"] not in tasks:
@@ -137,8 +137,6 @@ class Pipeline:
     def __init__(self, cfg: dict, device: str = "cpu", half: bool = False, log=None):
         import torch
 
-        from classification.classifier import load_classifier
-        from detection import build_detector
 
         log = log or (lambda m: print(m, file=sys.stderr))
         self.cfg = cfg
@@ -203,8 +201,6 @@ class Pipeline:
         raw: list[dict] = [{} for _ in range(n)]  # task -> unrounded probabilities, for fusion
         prepared: dict[tuple, np.ndarray] = {}
         resized: dict[int, np.ndarray] = {}
-        from classification.classifier import fuse_probs, preprocess_key, resize_crops
-        from classification.taxonomies import refines, view_matrix, view_probs
 
         stage_of = {st.task: st for st in self.stages}
         seen: list[list[Stage]] = [[] for _ in range(n)]  # the stages that classified each cell, in order
@@ -285,7 +281,6 @@ class Pipeline:
     def cells_from_detections(self, image: np.ndarray, det) -> tuple[list[Cell], list[np.ndarray], list[int]]:
         """Detections -> unclassified cells (kept labels only), the crops of those in ``classify_labels`` (for the
         classifiers and the report's gallery) and their indices."""
-        from pipelines.crop import background_colour, crop_square
 
         keep, to_classify = set(self.cfg["keep_labels"]), set(self.cfg["classify_labels"])
         cells, crops, idx = [], [], []

@@ -10,6 +10,7 @@ import html
 import json
 from pathlib import Path
 
+from core.io import safe_name
 from pipelines.differential import SmearTally, smear_report
 
 
@@ -32,15 +33,13 @@ def tally_run(jsonl: Path, leukocyte_labels: set[str]) -> tuple[dict[str, SmearT
 
 def write_reports(out_dir: Path, cfg: dict) -> dict:
     """Write every smear's reports and ``index.html``; returns run totals with the list of smears."""
-    from pipelines.run import _safe
-
     out_dir = Path(out_dir)
     dcfg = cfg["differential"]
     tallies, totals = tally_run(out_dir / "fields.jsonl", set(dcfg["leukocyte_labels"]))
     rows = []
     for smear_id in sorted(tallies):
         rep = smear_report(tallies[smear_id], dcfg)
-        d = out_dir / "smears" / _safe(smear_id)
+        d = out_dir / "smears" / safe_name(smear_id)
         d.mkdir(parents=True, exist_ok=True)
         (d / "report.json").write_text(json.dumps(rep, indent=1))
         write_csv(rep, d / "report.csv")
@@ -137,13 +136,11 @@ WBC, not in the differential). Platelets: {rep['platelets']}. Unidentified (sent
 def render_index(reports: list[dict]) -> str:
     """Run-level page listing the smears with links to their reports."""
     e = html.escape
-    from pipelines.run import _safe
-
     def top(r):
         return ", ".join(f"{k} {v['percent']:.0f}%" for k, v in list(r["differential"].items())[:4])
 
     rows = "".join(
-        f"<tr><td><a href='smears/{e(_safe(r['smear_id']))}/report.html'>{e(r['smear_id'])}</a></td>"
+        f"<tr><td><a href='smears/{e(safe_name(r['smear_id']))}/report.html'>{e(r['smear_id'])}</a></td>"
         f"<td>{r['fields_used']}</td><td>{r['fields_failed']}</td><td>{r['leukocytes_counted']}</td>"
         f"<td>{e(top(r))}</td>"
         f"<td>{e(', '.join(f['flag'] for f in r['flags']) or '–')}</td>"

@@ -15,14 +15,17 @@ import json
 import os
 from pathlib import Path
 
-from pipelines.fo_convert import xyxy_to_rel_xywh
+from classification.classifier import Classifier
+from core.io import read_image, write_image
+from detection.data import read_coco, read_voc
+from pipelines.crop import background_colour, crop_square
+from pipelines.fo_convert import rel_xywh_to_xyxy, xyxy_to_rel_xywh
 
 
 def read_ground_truth(path: Path, fmt: str, classes: list[str]) -> dict[str, tuple[list, list]]:
     """Ground truth keyed by image path without suffix, as the source names it (COCO ``file_name`` such as
     ``smear_01/field_001``; VOC and YOLO: the file stem): ``{key: (xyxy boxes, labels)}``. Samples are matched by
     the longest trailing part of their path that is a key (``match_ground_truth``)."""
-    from detection.data import read_coco, read_voc
 
     path = Path(path)
     if not path.exists():
@@ -180,9 +183,6 @@ def export_reviewed(ds, out_dir: Path, classes: set[str], crop_margin: float = 0
     the input of ``tools/adapt_classifier.py --labels``. Returns counts per label."""
     import csv
 
-    from pipelines.crop import background_colour, crop_square
-    from pipelines.fo_convert import rel_xywh_to_xyxy
-    from pipelines.io import read_image, write_image
 
     out_dir = Path(out_dir)
     (out_dir / "cells").mkdir(parents=True, exist_ok=True)
@@ -220,10 +220,6 @@ def add_cell_embeddings(ds, weights, crop_margin: float = 0.75, method: str = "t
     import fiftyone.brain as fob
     from fiftyone import ViewField as F
 
-    from classification.classifier import Classifier
-    from pipelines.crop import background_colour, crop_square
-    from pipelines.fo_convert import rel_xywh_to_xyxy
-    from pipelines.io import read_image
 
     clf = Classifier(weights)
     attr = f"{clf.task}_label"

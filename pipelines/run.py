@@ -18,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from core.io import ImageReadError, read_image, safe_name, square_resize, write_image
 from detection import field_warnings
 from pipelines.inputs import FieldInput
 from pipelines.pipeline import Verdict
+from pipelines.report import write_reports
 from pipelines.results import Cell, FieldResult, to_json
 
 
@@ -65,7 +67,6 @@ def repair_jsonl(path: Path) -> set[str]:
 
 
 def _decode(fi: FieldInput):
-    from pipelines.io import ImageReadError, read_image
 
     t0 = time.perf_counter()
     try:
@@ -85,12 +86,11 @@ class _CropSink:
         self.counts: dict[Path, int] = {}
 
     def add(self, smear: str, field_id: str, i: int, label: str, crop: np.ndarray) -> None:
-        from pipelines.io import write_image, square_resize
 
         name = f"{Path(field_id).name}_{i:03d}.jpg"
-        safe = _safe(smear)
+        safe = safe_name(smear)
         if self.per_class > 0:
-            d = self.out_dir / "smears" / safe / "gallery" / _safe(label)
+            d = self.out_dir / "smears" / safe / "gallery" / safe_name(label)
             if d not in self.counts:
                 self.counts[d] = len(list(d.glob("*.jpg"))) if d.exists() else 0
             if self.counts[d] < self.per_class:
@@ -98,13 +98,9 @@ class _CropSink:
                 write_image(d / name, square_resize(crop, 96), quality=85)
                 self.counts[d] += 1
         if self.save_all:
-            d = self.out_dir / "crops" / safe / _safe(label)
+            d = self.out_dir / "crops" / safe / safe_name(label)
             d.mkdir(parents=True, exist_ok=True)
             write_image(d / name, crop, quality=92)
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_.~" else "_" for ch in str(name)) or "_"
 
 
 def draw_overlay(image: np.ndarray, cells: list[Cell]) -> np.ndarray:
@@ -126,7 +122,6 @@ def draw_overlay(image: np.ndarray, cells: list[Cell]) -> np.ndarray:
 def run(fields: list[FieldInput], pipeline, opts: RunOptions, log=None) -> dict:
     """Process ``fields`` with ``pipeline`` (``pipelines.pipeline.Pipeline``) into ``opts.out_dir``; returns the
     run summary (also written to ``summary.json``)."""
-    from pipelines.report import write_reports
 
     log = log or (lambda m: print(m, file=sys.stderr))
     out = Path(opts.out_dir)
@@ -206,9 +201,8 @@ def _process_batch(batch, decoded, pipeline, opts, sink) -> list[FieldResult]:
                 if i in crops:
                     sink.add(f.smear_id, f.field_id, i, c.label, crops[i])
             if opts.save_overlays and not opts.cells_mode:
-                from pipelines.io import write_image
 
-                d = Path(opts.out_dir) / "overlays" / _safe(f.smear_id)
+                d = Path(opts.out_dir) / "overlays" / safe_name(f.smear_id)
                 d.mkdir(parents=True, exist_ok=True)
                 write_image(d / f"{Path(f.field_id).name}.jpg", draw_overlay(img, res.cells), quality=88)
             results.append(res)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.io import write_image
+
 WBC_KINDS = ("neutrophil", "lymphocyte", "monocyte", "eosinophil")
 
 
@@ -167,7 +169,6 @@ def write_demo_fields(out_dir, n_smears: int = 2, fields_per_smear: int = 6, see
     import json
     from pathlib import Path
 
-    from pipelines.io import write_image
 
     out_dir = Path(out_dir)
     paths, gt = [], {}

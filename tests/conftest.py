@@ -67,7 +67,7 @@ def synthetic_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     """../shared/data, or skip."""
-    from pipelines.config import data_root as root
+    from core.config import data_root as root
 
     r = root()
     if not (r / "bccd").exists():

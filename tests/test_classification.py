@@ -119,8 +119,9 @@ def test_onnx_export_gives_the_checkpoint_probabilities(tmp_path):
 def test_tta_views_mean_logits_and_adaptive_selection(tmp_path):
     import torch
 
-    from classification.classifier import Classifier, load_classifier, mean_logit_probs, tta_views
-    from pipelines.config import ConfigError
+    from classification.classifier import Classifier, load_classifier
+    from classification.preprocess import mean_logit_probs, tta_views
+    from core.config import ConfigError
 
     x = np.random.default_rng(0).integers(0, 255, (3, 6, 6, 3), dtype=np.uint8)
     for n in (1, 2, 4, 8):
@@ -162,7 +163,7 @@ def test_tta_views_mean_logits_and_adaptive_selection(tmp_path):
 
 def test_pipeline_stage_sets_tta(tmp_path):
     from conftest import ROOT
-    from pipelines.config import ConfigError
+    from core.config import ConfigError
     from pipelines.pipeline import load_pipeline_config
 
     cfg = load_pipeline_config(ROOT / "configs" / "pipeline" / "accurate.yaml")
@@ -197,8 +198,9 @@ def test_shipped_onnx_classifiers_are_exports_of_the_shipped_checkpoints():
 def test_degradation_augmentation_keeps_shape_range_and_seed():
     import torch
 
-    from classification.train import TRAIN_SCHEMA, augment, degrade
-    from pipelines.config import validate
+    from classification.schema import TRAIN_SCHEMA
+    from classification.train import augment, degrade
+    from core.config import validate
 
     x = torch.rand(16, 3, 32, 32)
     cfg = validate({"blur": 1.5, "resolution": 0.5, "noise": 0.05}, TRAIN_SCHEMA, "t")
@@ -215,8 +217,9 @@ def test_degradation_augmentation_keeps_shape_range_and_seed():
 def test_gamma_augmentation_bends_tone_curve_per_crop():
     import torch
 
-    from classification.train import TRAIN_SCHEMA, augment
-    from pipelines.config import validate
+    from classification.schema import TRAIN_SCHEMA
+    from classification.train import augment
+    from core.config import validate
 
     x = torch.full((64, 3, 8, 8), 0.5)
     base = {"rotate": False, "scale": 0.0, "translate": 0.0, "color": 0.0, "stain": 0.0}
@@ -382,7 +385,7 @@ def test_fuse_probs_is_a_product_of_experts_over_shared_classes():
 
 def test_cascade_fuses_a_later_stage_into_an_earlier_verdict(tmp_path):
     from conftest import ROOT
-    from pipelines.config import ConfigError
+    from core.config import ConfigError
     from pipelines.pipeline import load_pipeline_config
 
     crops = [np.zeros((20, 20, 3), np.uint8)]
@@ -527,7 +530,7 @@ def test_adapt_classifier_tool_writes_adapted_checkpoint(tmp_path, tiny_models):
     import torch
 
     from classification.classifier import Classifier
-    from pipelines.io import write_image
+    from core.io import write_image
     from tools.adapt_classifier import main
 
     cells = tmp_path / "cells"
@@ -559,7 +562,7 @@ def test_adapt_classifier_tool_writes_adapted_checkpoint(tmp_path, tiny_models):
 def test_adapt_classifier_run_crops_frames_wbc_detections(tmp_path):
     import json
 
-    from pipelines.io import write_image
+    from core.io import write_image
     from tools.adapt_classifier import run_crops
 
     write_image(tmp_path / "f.png", np.full((100, 120, 3), 200, np.uint8))

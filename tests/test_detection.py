@@ -9,7 +9,7 @@ from detection import Detections, build_detector, letterbox, rect_canvas
 from detection.data import (FieldAnnotation, load_card, read_coco, read_split, read_voc, read_yolo, to_coco,
                             write_yolo_dataset)
 from detection.yolo import decode, nms
-from pipelines.config import ConfigError
+from core.config import ConfigError
 
 
 def test_letterbox_and_decode_map_back_to_original_pixels():
@@ -232,7 +232,7 @@ def test_annotation_review_adds_missed_cells_and_ignores_regions(tmp_path):
 
 def test_shipped_bccd_review_fits_the_test_split(data_root):
     from detection.data import apply_review, load_card, load_review, read_split
-    from pipelines.config import REPO_ROOT
+    from core.config import REPO_ROOT
 
     review = load_review(REPO_ROOT / "datasets" / "bccd_review.yaml")
     test = read_split(load_card("bccd"), "test")
@@ -388,8 +388,8 @@ def test_default_detector_adapts_to_half_magnification(data_root):
     magnification mosaic (red cells too small to find at 320 px) is probed at 640 px."""
     from detection import check_detector_config
     from detection.data import load_card, read_split
-    from pipelines.config import REPO_ROOT, load_yaml
-    from pipelines.io import read_image
+    from core.config import REPO_ROOT, load_yaml
+    from core.io import read_image
     from tools.eval_robustness import mosaic
 
     cfg = check_detector_config(load_yaml(REPO_ROOT / "configs" / "detector" / "yolov8n_320_int8.yaml"))
@@ -420,7 +420,7 @@ def test_every_shipped_config_validates():
     """configs/detector/*.yaml and configs/pipeline/*.yaml load and pass their schemas; the fast pipeline is the
     default with the detector's auto_scale off."""
     from detection import check_detector_config
-    from pipelines.config import REPO_ROOT, load_yaml
+    from core.config import REPO_ROOT, load_yaml
     from pipelines.pipeline import load_pipeline_config
 
     dets = sorted((REPO_ROOT / "configs" / "detector").glob("*.yaml"))
@@ -438,7 +438,7 @@ def test_every_shipped_config_validates():
 def test_field_warnings_flag_unreadable_fields():
     """Smartphone eyepiece photos: tiny red cells, half-field 'WBC' boxes; a normal field gets no warning."""
     from detection import DETECTOR_SCHEMA, Detections, field_warnings
-    from pipelines.config import validate
+    from core.config import validate
 
     cfg = validate({"backend": "onnx", "model": "m.onnx", "imgsz": 320}, DETECTOR_SCHEMA, "t")
     rbc = [[x, 100, x + 60, 160] for x in range(0, 600, 70)]  # 60 px red cells in a 640 px field: 30 px at 320

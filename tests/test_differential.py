@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipelines.config import validate
+from core.config import validate
 from pipelines.differential import DIFFERENTIAL_SCHEMA, SmearTally, clopper_pearson, prognosis, smear_report, wilson
 
 CFG = validate({}, DIFFERENTIAL_SCHEMA, "test")
@@ -107,7 +107,7 @@ def test_prognosis_decisions():
 
 
 def test_unanalysable_fields_are_not_counted_and_flagged():
-    from pipelines.config import validate
+    from core.config import validate
     from pipelines.differential import DIFFERENTIAL_SCHEMA, SmearTally, smear_report
 
     t = SmearTally("s")

@@ -242,7 +242,7 @@ def test_ood_travels_in_checkpoint_and_onnx_export(tmp_path):
 
 
 def test_domain_shift_flag_from_familiarity():
-    from pipelines.config import validate
+    from core.config import validate
     from pipelines.differential import DIFFERENTIAL_SCHEMA, SmearTally, smear_report
 
     cfg = validate({"min_leukocytes": 1}, DIFFERENTIAL_SCHEMA, "test")
@@ -274,9 +274,9 @@ def test_adapt_with_labels_writes_a_runnable_pipeline(tmp_path, tiny_models):
     from classification.classifier import Classifier
     from classification.models import build_backbone, save_checkpoint
     from classification.ood import fit_ood
-    from pipelines.io import write_image
+    from core.io import write_image
     from tools.adapt_classifier import main
-    from tools.infer_field import main as infer
+    from pipelines.cli import infer_main as infer
 
     torch.manual_seed(0)
     w = save_checkpoint(tmp_path / "f13.pt", build_backbone("tiny_cnn", 13), "tiny_cnn", "fine13", FINE, 24,

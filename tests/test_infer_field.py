@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from tools.infer_field import main as infer_main
+from pipelines.cli import infer_main
 
 FIELD_KEYS = {"field_id", "path", "smear_id", "width", "height", "cells", "timings_ms", "error", "versions",
               "rescaled_imgsz", "warnings"}
@@ -121,7 +121,7 @@ def test_missing_detector_is_one_clear_error(tiny_models, synthetic_dir, tmp_pat
 
 
 def test_evaluation_refuses_a_run_with_failed_fields(tiny_models, synthetic_dir, tmp_path, capsys):
-    from tools.infer_field import run_once
+    from pipelines.cli import run_once
 
     out = tmp_path / "out"
     assert run_once(out, [str(synthetic_dir / "smear_01"), "--config", str(tiny_models["pipeline"])]) == 0

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.io import ImageReadError, read_image, square_resize
+from core.io import ImageReadError, read_image, square_resize
 
 
 def _rgb(h=20, w=30):
@@ -21,7 +21,7 @@ def test_rgb_png_roundtrip(tmp_path):
 
 
 def test_fast_decode_equals_pillow_and_keeps_truncation_errors(tmp_path, monkeypatch):
-    import pipelines.io as io
+    import core.io as io
 
     rng = np.random.default_rng(1)
     a = (rng.integers(0, 40, (120, 160, 3)) + np.linspace(0, 200, 160)[None, :, None]).astype(np.uint8)

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import ROOT
 from pipelines.fo_convert import rel_xywh_to_xyxy, xyxy_to_rel_xywh
-from tools.infer_field import main as infer_main
+from pipelines.cli import infer_main
 
 
 def test_box_conversions_roundtrip_and_clip():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from pipelines.config import load_yaml, resolve_path
+from core.config import load_yaml, resolve_path
 
 pytestmark = pytest.mark.realdata
 
@@ -35,7 +35,7 @@ def test_default_config_names_shipped_files_with_model_cards():
 def test_shipped_detector_finds_real_leukocytes(data_root, config):
     from detection import build_detector
     from detection.data import load_card, read_split
-    from pipelines.io import read_image
+    from core.io import read_image
 
     cfg = load_yaml(ROOT / "configs" / "detector" / config)
     det = build_detector(cfg)
@@ -54,7 +54,7 @@ def test_shipped_detector_finds_real_leukocytes(data_root, config):
 def test_shipped_classifiers_on_real_cells(data_root, task, floor):
     from classification.classifier import Classifier
     from classification.data import load_samples
-    from pipelines.io import read_image
+    from core.io import read_image
 
     from pipelines.pipeline import load_pipeline_config
 

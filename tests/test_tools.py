@@ -56,7 +56,7 @@ def test_eval_classifier_scaled_copies(tmp_path):
     """tools/eval_classifier.py --scale: downscaled PNG copies, made once, mapped back to their originals."""
     import numpy as np
 
-    from pipelines.io import read_image, write_image
+    from core.io import read_image, write_image
     from tools.eval_classifier import main, scaled_copies
 
     samples = []

@@ -55,7 +55,7 @@ def run_crops(run: Path, labels: set[str], margin: float, log=print) -> list:
     """Crops of the cells labelled ``labels`` in an infer_field run (``run/fields.jsonl``), framed by
     ``crop_square`` with ``margin``; fields whose image cannot be read are skipped with a note."""
     from pipelines.crop import background_colour, crop_square
-    from pipelines.io import ImageReadError, read_image
+    from core.io import ImageReadError, read_image
 
     crops, unreadable = [], 0
     with open(run / "fields.jsonl") as f:
@@ -82,7 +82,7 @@ def run_crops(run: Path, labels: set[str], margin: float, log=print) -> list:
 def cell_crops(inputs: list[str], log=print) -> list:
     """Pre-cropped cell images (files, folders, globs as infer_field takes them)."""
     from pipelines.inputs import expand_inputs
-    from pipelines.io import ImageReadError, read_image
+    from core.io import ImageReadError, read_image
 
     fields, notes = expand_inputs(inputs)
     for n in notes:
@@ -203,8 +203,8 @@ def adapt_with_labels(args, weights: Path, out: Path, alpha: float, err) -> int:
     from classification.models import adapt_batchnorm
     from classification.taxonomies import label_sets
     from classification.train import train_labels
-    from pipelines.config import load_yaml
-    from pipelines.io import ImageReadError, read_image
+    from core.config import load_yaml
+    from core.io import ImageReadError, read_image
 
     clf = Classifier(weights, batch=args.batch)
     labels = train_labels(clf.task)

@@ -52,7 +52,7 @@ def latency(args) -> int:
     import torch
 
     from pipelines.inputs import FieldInput
-    from pipelines.offline import set_offline
+    from core.offline import set_offline
 
     set_offline()
     from pipelines.pipeline import Pipeline, load_pipeline_config
@@ -62,7 +62,7 @@ def latency(args) -> int:
     if not paths:
         print("error: no fields", file=sys.stderr)
         return 2
-    from pipelines.config import ConfigError
+    from core.config import ConfigError
 
     try:
         cfg = load_pipeline_config(args.config)
@@ -140,9 +140,9 @@ def baseline(cfg: dict, paths: list[Path], args):
 
     from classification.classifier import Classifier
     from detection.yolo import ultralytics_offline
-    from pipelines.config import resolve_path
+    from core.config import resolve_path
     from pipelines.crop import crop_square
-    from pipelines.io import read_image
+    from core.io import read_image
 
     ultralytics_offline()
     from ultralytics import YOLO
@@ -150,7 +150,7 @@ def baseline(cfg: dict, paths: list[Path], args):
     dcfg = cfg["detector_cfg"]
     if dcfg["backend"] != "yolo":  # an export: the baseline runs the torch weights it came from
         from detection import check_detector_config
-        from pipelines.config import load_yaml
+        from core.config import load_yaml
 
         dcfg = check_detector_config(load_yaml(args.baseline_detector), args.baseline_detector)
     weights = resolve_path(dcfg["weights"])
@@ -244,18 +244,23 @@ def _gpu_name(device: str):
     return torch.cuda.get_device_name(0)
 
 
-def detection(args) -> int:
-    from tools.eval_detector import main as ev
+def _tool(name: str, argv: list[str]) -> int:
+    """Run another tool as its own command (tools do not import each other)."""
+    import subprocess
 
-    return ev(["--dataset", args.dataset, "--split", args.split, "--run", str(Path(args.out) / f"det_{args.dataset}_"
-               f"{args.split}"), "--config", args.config, "--device", args.device])
+    return subprocess.call([sys.executable, str(ROOT / "tools" / name), *argv])
+
+
+def detection(args) -> int:
+    return _tool("eval_detector.py", ["--dataset", args.dataset, "--split", args.split, "--run",
+                                      str(Path(args.out) / f"det_{args.dataset}_{args.split}"), "--config",
+                                      args.config, "--device", args.device])
 
 
 def classification(args) -> int:
-    from tools.eval_classifier import main as ev
-
-    return ev(["--task", args.task, "--split", args.split, "--run", str(Path(args.out) / f"cls_{args.task}_"
-               f"{args.split}"), "--config", args.config, "--device", args.device])
+    return _tool("eval_classifier.py", ["--task", args.task, "--split", args.split, "--run",
+                                        str(Path(args.out) / f"cls_{args.task}_{args.split}"), "--config",
+                                        args.config, "--device", args.device])
 
 
 def main(argv: list[str] | None = None) -> int:

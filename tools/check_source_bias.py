@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from classification.data import load_samples
     from classification.harmonize import harmonize, reference_stats
-    from pipelines.io import read_image, write_image
-    from tools.infer_field import run_once
+    from core.io import read_image, write_image
+    from pipelines.cli import run_once
 
     run = Path(args.run)
     lmu = load_samples("wang11", "test", ["lmu_aml"])

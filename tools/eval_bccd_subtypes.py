@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ids = sorted(sub) if args.split == "all" else \
         [i for i in (root / card["splits"][args.split]).read_text().split() if i in sub]
     run = Path(args.run)
-    from tools.infer_field import run_once
+    from pipelines.cli import run_once
 
     rc = run_once(run, [str(root / "JPEGImages" / f"{i}.jpg") for i in ids] +
                   ["--config", args.config, "--device", args.device])

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             w.writerow(["path", "smear_id"])
             for p, _ in samples:
                 w.writerow([str(p.resolve()), f"{args.task}_{args.split}"])
-    from tools.infer_field import run_once
+    from pipelines.cli import run_once
 
     rc = run_once(run, ["--manifest", str(run / "manifest.csv"), "--cells", "--config", args.config,
                         "--device", args.device, "--batch", str(args.batch)])
@@ -111,7 +111,7 @@ def scaled_copies(samples: list[tuple[Path, str]], scale: float, out_dir: Path):
     samples and a map copy path -> original path."""
     import cv2
 
-    from pipelines.io import read_image, write_image
+    from core.io import read_image, write_image
 
     out_dir.mkdir(parents=True, exist_ok=True)
     copies, origin = [], {}

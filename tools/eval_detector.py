@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from detection.data import apply_review, load_card, load_review, read_split
     from detection.evaluate import coco_evaluate, predictions_from_jsonl
-    from pipelines.config import ConfigError
+    from core.config import ConfigError
 
     card = load_card(args.dataset)
     gt = read_split(card, args.split)
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
     run = Path(args.run)
-    from tools.infer_field import run_once
+    from pipelines.cli import run_once
 
     rc = run_once(run, [str(r.path) for r in gt] + ["--config", args.config, "--device", args.device,
                                                     "--batch", str(args.batch)])

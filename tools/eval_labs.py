@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="at most N cells per set (smoke runs)")
     args = ap.parse_args(argv)
 
-    from pipelines.io import read_image
+    from core.io import read_image
     from pipelines.pipeline import Pipeline, load_pipeline_config
 
     cells = Path(args.cells)
@@ -117,7 +117,7 @@ def lab_sets(cells: Path, limit: int = 0) -> dict[str, list]:
 
 def adapt_stages(stages, crops, alpha: float) -> None:
     """AdaBN of every PyTorch stage's network on ``crops`` (prepared as that stage prepares them)."""
-    from classification.classifier import resize_crops
+    from classification.preprocess import resize_crops
     from classification.models import adapt_batchnorm
 
     for s in stages:

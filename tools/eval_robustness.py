@@ -39,7 +39,7 @@ def mosaic(gt: list, i: int, scale: float):
     import cv2
     import numpy as np
 
-    from pipelines.io import read_image
+    from core.io import read_image
 
     first = read_image(gt[i].path)
     h, w = first.shape[:2]
@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from detection.data import FieldAnnotation, load_card, read_split
     from detection.evaluate import coco_evaluate, predictions_from_jsonl
-    from pipelines.io import read_image, write_image
-    from tools.infer_field import run_once
+    from core.io import read_image, write_image
+    from pipelines.cli import run_once
 
     card = load_card(args.dataset)
     gt = read_split(card, args.split)

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from detection import build_detector, check_detector_config
     from detection.yolo import export_onnx
-    from pipelines.config import load_yaml, resolve_path
+    from core.config import load_yaml, resolve_path
     from pipelines.synthetic import render_field
 
     cfg = check_detector_config(load_yaml(args.config), args.config)
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from detection.data import load_card, read_split
         from detection.yolo import quantize_onnx
-        from pipelines.io import read_image
+        from core.io import read_image
 
         calib = []
         for spec in cfg["train"].get("data", ["bccd:trainval", "txl_pbc:train"]):

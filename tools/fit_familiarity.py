@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from classification.ood import fit_ood
     from classification.taxonomies import label_sets
     from classification.train import train_labels
-    from pipelines.io import read_image
+    from core.io import read_image
 
     clf = Classifier(weights)
     tcfg = clf.meta.get("training", {}).get("config", {}).get("train", {})

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from detection.data import load_card, read_split
     from detection.yolo import box_iou
     from pipelines.crop import background_colour, crop_square
-    from pipelines.io import read_image, write_image
+    from core.io import read_image, write_image
     from pipelines.pipeline import load_pipeline_config
 
     cfg = load_pipeline_config(args.config)

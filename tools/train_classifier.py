@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from classification.metrics import format_report
     from classification.models import BACKBONES
     from classification.train import train_classifier, train_labels
-    from pipelines.config import load_yaml, resolve_path
+    from core.config import load_yaml, resolve_path
 
     cfg = check_classifier_config(load_yaml(args.config), args.config)
     if args.epochs:

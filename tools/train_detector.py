@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from detection import check_detector_config
     from detection.train import train_ssd, train_yolo
-    from pipelines.config import load_yaml, resolve_path
+    from core.config import load_yaml, resolve_path
 
     cfg = check_detector_config(load_yaml(args.config), args.config)
     if args.epochs:

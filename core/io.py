@@ -115,3 +115,8 @@ def square_resize(image: np.ndarray, size: int) -> np.ndarray:
         interp = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
         image = cv2.resize(image, (size, size), interpolation=interp)
     return image
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe version of a smear id or class label (letters, digits and ``-_.~`` kept, others ``_``)."""
+    return "".join(ch if ch.isalnum() or ch in "-_.~" else "_" for ch in str(name)) or "_"

@@ -1,0 +1,59 @@
+"""Crops as networks take them: resized uint8 NHWC, float tensors, input normalization, test-time views.
+
+Image convention: RGB uint8 HxWx3 crops in, uint8 (N, S, S, 3) prepared batches, float NCHW in [0, 1] tensors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.io import square_resize
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+TTA_VIEWS = (1, 2, 4, 8)
+
+
+def resize_crops(crops: list[np.ndarray], size: int) -> np.ndarray:
+    """Crops -> uint8 NHWC at ``size`` (border-replicated to square, then resized)."""
+    out = np.empty((len(crops), size, size, 3), np.uint8)
+    for i, c in enumerate(crops):
+        out[i] = square_resize(c, size)
+    return out
+
+
+def to_tensor(x_uint8: np.ndarray):
+    """uint8 NHWC -> float NCHW in [0, 1]."""
+    import torch
+
+    return torch.from_numpy(x_uint8).permute(0, 3, 1, 2).float().div_(255)
+
+
+def normalize(x, mean=MEAN, std=STD):
+    """Float NCHW in [0, 1] -> the network's input (``(x - mean) / std``; see ``models.normalization``)."""
+    import torch
+
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def tta_views(x: np.ndarray, n: int) -> list[np.ndarray]:
+    """``n`` views of uint8 NHWC crops for test-time augmentation, ``x`` itself first: 2 = + horizontal mirror,
+    4 = the rotations by 90 degrees, 8 = the rotations and their mirror images (a cell has no orientation on a
+    smear; training rotates by any angle and flips)."""
+    if n not in TTA_VIEWS:
+        raise ValueError(f"tta must be one of {list(TTA_VIEWS)} views, not {n!r}")
+    if n == 1:
+        return [x]
+    if n == 2:
+        return [x, x[:, :, ::-1]]
+    rot = [x] + [np.rot90(x, k, axes=(1, 2)) for k in (1, 2, 3)]
+    return rot if n == 4 else rot + [r[:, :, ::-1] for r in rot]
+
+
+def mean_logit_probs(probs: list[np.ndarray]) -> np.ndarray:
+    """Combine per-view probabilities softmax(logits_v / T) into softmax(mean_v(logits_v) / T): the normalized
+    geometric mean (log-probabilities differ from logits / T by a per-view constant)."""
+    logp = np.mean([np.log(np.clip(p.astype(np.float64), 1e-30, None)) for p in probs], axis=0)
+    e = np.exp(logp - logp.max(1, keepdims=True))
+    return (e / e.sum(1, keepdims=True)).astype(np.float32)
