@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +14,15 @@ import numpy as np
 from detection.data import FieldAnnotation, to_coco
 
 
-def predictions_from_jsonl(path: Path) -> dict[str, dict]:
-    """``fields.jsonl`` -> ``{resolved image path: {"boxes", "scores", "labels"}}`` from each cell's detector
-    label and score (failed fields give no predictions)."""
+def predictions_from_records(records) -> dict[str, dict]:
+    """A run's field records (``pipelines.results.read_records``) -> ``{resolved image path: {"boxes", "scores",
+    "labels"}}`` from each cell's detector label and score (failed fields give no predictions)."""
     out = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            rec = json.loads(line)
-            cells = rec.get("cells", [])
-            out[str(Path(rec["path"]).resolve())] = {"boxes": [c["box"] for c in cells],
-                                                     "scores": [c["det_score"] for c in cells],
-                                                     "labels": [c["det_label"] for c in cells]}
+    for rec in records:
+        cells = rec.get("cells", [])
+        out[str(Path(rec["path"]).resolve())] = {"boxes": [c["box"] for c in cells],
+                                                 "scores": [c["det_score"] for c in cells],
+                                                 "labels": [c["det_label"] for c in cells]}
     return out
 
 

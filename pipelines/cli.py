@@ -12,6 +12,7 @@ from core.config import REPO_ROOT, ConfigError
 from core.offline import set_offline
 from pipelines.inputs import InputError, expand_inputs
 from pipelines.pipeline import Pipeline, load_pipeline_config
+from pipelines.results import read_records
 from pipelines.run import RunError, RunOptions, run
 
 DOC = """Leukocyte differential of microscope fields: detect, crop, classify, count per smear.
@@ -112,13 +113,11 @@ def run_once(out: Path, argv: list[str]) -> int:
         if rc not in (0, 1):
             return rc
     failed, total, first = 0, 0, None
-    with open(jsonl, encoding="utf-8") as f:
-        for line in f:
-            total += 1
-            rec = json.loads(line)
-            if rec.get("error"):
-                failed += 1
-                first = first or f"{rec['path']}: {rec['error']}"
+    for rec in read_records(jsonl):
+        total += 1
+        if rec.get("error"):
+            failed += 1
+            first = first or f"{rec['path']}: {rec['error']}"
     if failed:
         print(f"error: {failed} of {total} fields failed in {out} (first: {first}); fix them, or delete the run folder "
               "after fixing the configuration, before evaluating", file=sys.stderr)

@@ -12,22 +12,19 @@ from pathlib import Path
 
 from core.io import safe_name
 from pipelines.differential import SmearTally, smear_report
+from pipelines.results import read_records
 
 
 def tally_run(jsonl: Path, leukocyte_labels: set[str]) -> tuple[dict[str, SmearTally], dict]:
     """Stream ``fields.jsonl`` into per-smear tallies; also returns run totals."""
     tallies: dict[str, SmearTally] = {}
     totals = {"fields_total": 0, "fields_ok": 0, "fields_failed": 0, "cells": 0}
-    with open(jsonl, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            t = tallies.setdefault(rec["smear_id"], SmearTally(rec["smear_id"]))
-            t.add(rec, leukocyte_labels)
-            totals["fields_total"] += 1
-            totals["fields_ok" if not rec.get("error") else "fields_failed"] += 1
-            totals["cells"] += len(rec.get("cells", []))
+    for rec in read_records(jsonl):
+        t = tallies.setdefault(rec["smear_id"], SmearTally(rec["smear_id"]))
+        t.add(rec, leukocyte_labels)
+        totals["fields_total"] += 1
+        totals["fields_ok" if not rec.get("error") else "fields_failed"] += 1
+        totals["cells"] += len(rec.get("cells", []))
     return tallies, totals
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -76,3 +78,24 @@ def field_from_dict(d: dict) -> FieldResult:
                        height=d.get("height"), cells=cells, timings_ms=d.get("timings_ms", {}), error=d.get("error"),
                        versions=d.get("versions", {}), rescaled_imgsz=d.get("rescaled_imgsz"),
                        warnings=d.get("warnings", []))
+
+
+def read_records(run: str | Path) -> Iterator[dict]:
+    """The one reader of ``fields.jsonl``: its records (dicts, the JSON contract above), in file order, from a run
+    folder or the file itself; blank lines skipped. Raises ``FileNotFoundError`` naming the file when it is
+    missing."""
+    path = Path(run)
+    if path.is_dir() or not path.name.endswith(".jsonl"):
+        path = path / "fields.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (run tools/infer_field.py first)")
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def read_results(run: str | Path) -> Iterator[FieldResult]:
+    """``read_records`` as ``FieldResult`` objects."""
+    for d in read_records(run):
+        yield field_from_dict(d)

@@ -20,6 +20,7 @@ from core.io import read_image, write_image
 from detection.data import read_coco, read_voc
 from pipelines.crop import background_colour, crop_square
 from pipelines.fo_convert import rel_xywh_to_xyxy, xyxy_to_rel_xywh
+from pipelines.results import read_records
 
 
 def read_ground_truth(path: Path, fmt: str, classes: list[str]) -> dict[str, tuple[list, list]]:
@@ -89,37 +90,35 @@ def build_dataset(run_dir: Path, name: str, gt: dict | None = None, overwrite: b
     ds = fo.Dataset(name)
     ds.persistent = True
     samples, n_gt = [], 0
-    with open(run_dir / "fields.jsonl", encoding="utf-8") as f:
-        for line in f:
-            rec = json.loads(line)
-            tags = (["failed"] if rec["error"] else []) + (["small_cells"] if rec.get("rescaled_imgsz") else [])
-            s = fo.Sample(filepath=rec["path"], smear_id=rec["smear_id"], field_id=rec["field_id"],
-                          error=rec["error"], tags=tags)  # small_cells: auto_scale re-detected it (rescaled_imgsz)
-            w, h = rec["width"], rec["height"]
-            preds, dets = [], []
-            for c in rec["cells"]:
-                rel = xyxy_to_rel_xywh(c["box"], w, h)
-                attrs = {"det_label": c["det_label"], "det_score": c["det_score"]}
-                for task, v in (c.get("classes") or {}).items():
-                    attrs[f"{task}_label"], attrs[f"{task}_score"] = v["label"], v["score"]
-                preds.append(fo.Detection(label=c["label"], bounding_box=rel, confidence=c["score"], **attrs))
-                dets.append(fo.Detection(label=c["det_label"], bounding_box=rel, confidence=c["det_score"]))
-            if w and h:
-                s["predictions"] = fo.Detections(detections=preds)
-                s["detections"] = fo.Detections(detections=dets)
-                # what a reviewer looks at: the classified leukocytes, by final class (cell index k into "cells")
-                s["leukocytes"] = fo.Detections(detections=[
-                    fo.Detection(label=c["label"], bounding_box=p.bounding_box, confidence=c["score"],
-                                 cell_index=k, ood=c.get("ood"), **{a: p[a] for a in p.field_names
-                                                                     if a.endswith(("_label", "_score"))})
-                    for k, (c, p) in enumerate(zip(rec["cells"], preds)) if c.get("classes")])
-            entry = match_ground_truth(gt, rec["path"]) if gt is not None else None
-            if entry is not None and w and h:
-                s["ground_truth"] = _gt_detections(fo, entry, w, h)
-                s["gt_leukocytes"] = fo.Detections(detections=[d for d in s["ground_truth"].detections
-                                                               if d.label == "WBC"])
-                n_gt += 1
-            samples.append(s)
+    for rec in read_records(run_dir):
+        tags = (["failed"] if rec["error"] else []) + (["small_cells"] if rec.get("rescaled_imgsz") else [])
+        s = fo.Sample(filepath=rec["path"], smear_id=rec["smear_id"], field_id=rec["field_id"],
+                      error=rec["error"], tags=tags)  # small_cells: auto_scale re-detected it (rescaled_imgsz)
+        w, h = rec["width"], rec["height"]
+        preds, dets = [], []
+        for c in rec["cells"]:
+            rel = xyxy_to_rel_xywh(c["box"], w, h)
+            attrs = {"det_label": c["det_label"], "det_score": c["det_score"]}
+            for task, v in (c.get("classes") or {}).items():
+                attrs[f"{task}_label"], attrs[f"{task}_score"] = v["label"], v["score"]
+            preds.append(fo.Detection(label=c["label"], bounding_box=rel, confidence=c["score"], **attrs))
+            dets.append(fo.Detection(label=c["det_label"], bounding_box=rel, confidence=c["det_score"]))
+        if w and h:
+            s["predictions"] = fo.Detections(detections=preds)
+            s["detections"] = fo.Detections(detections=dets)
+            # what a reviewer looks at: the classified leukocytes, by final class (cell index k into "cells")
+            s["leukocytes"] = fo.Detections(detections=[
+                fo.Detection(label=c["label"], bounding_box=p.bounding_box, confidence=c["score"],
+                             cell_index=k, ood=c.get("ood"), **{a: p[a] for a in p.field_names
+                                                                 if a.endswith(("_label", "_score"))})
+                for k, (c, p) in enumerate(zip(rec["cells"], preds)) if c.get("classes")])
+        entry = match_ground_truth(gt, rec["path"]) if gt is not None else None
+        if entry is not None and w and h:
+            s["ground_truth"] = _gt_detections(fo, entry, w, h)
+            s["gt_leukocytes"] = fo.Detections(detections=[d for d in s["ground_truth"].detections
+                                                           if d.label == "WBC"])
+            n_gt += 1
+        samples.append(s)
     if gt is not None and not n_gt:
         raise ValueError(f"none of the {len(samples)} fields of {run_dir} matched the ground truth's "
                          f"{len(gt)} entries (matched by file name, e.g. {next(iter(gt))!r}): wrong --gt folder?")

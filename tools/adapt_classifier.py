@@ -54,26 +54,23 @@ sys.path.insert(0, str(ROOT))
 def run_crops(run: Path, labels: set[str], margin: float, log=print) -> list:
     """Crops of the cells labelled ``labels`` in an infer_field run (``run/fields.jsonl``), framed by
     ``crop_square`` with ``margin``; fields whose image cannot be read are skipped with a note."""
-    from pipelines.crop import background_colour, crop_square
     from core.io import ImageReadError, read_image
+    from pipelines.crop import background_colour, crop_square
+    from pipelines.results import read_records
 
     crops, unreadable = [], 0
-    with open(run / "fields.jsonl") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            boxes = [c["box"] for c in rec.get("cells", []) if c.get("det_label") in labels]
-            if not boxes:
-                continue
-            try:
-                img = read_image(rec["path"])
-            except ImageReadError as e:
-                unreadable += 1
-                log(f"note: {rec['path']}: {e}")
-                continue
-            fill = background_colour(img)
-            crops += [crop_square(img, b, margin, fill) for b in boxes]
+    for rec in read_records(run):
+        boxes = [c["box"] for c in rec.get("cells", []) if c.get("det_label") in labels]
+        if not boxes:
+            continue
+        try:
+            img = read_image(rec["path"])
+        except ImageReadError as e:
+            unreadable += 1
+            log(f"note: {rec['path']}: {e}")
+            continue
+        fill = background_colour(img)
+        crops += [crop_square(img, b, margin, fill) for b in boxes]
     if unreadable:
         log(f"note: {unreadable} field(s) could not be read again and were skipped")
     return crops

@@ -56,6 +56,7 @@ def latency(args) -> int:
 
     set_offline()
     from pipelines.pipeline import Pipeline, load_pipeline_config
+    from pipelines.results import read_records
     from pipelines.run import RunOptions, run
 
     paths = _fields(args)[: args.limit or None]
@@ -92,7 +93,7 @@ def latency(args) -> int:
                 g = got[b]
                 g["rates"].append(s["this_run"]["fields_per_s"])
                 g["cells"] = s["cells"]
-                these = [json.loads(x) for x in (d / "fields.jsonl").read_text().splitlines()]
+                these = list(read_records(d))
                 g["recs"] += these
                 t0 = time.perf_counter()
                 write_reports(d, cfg)

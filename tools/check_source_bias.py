@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     from classification.harmonize import harmonize, reference_stats
     from core.io import read_image, write_image
     from pipelines.cli import run_once
+    from pipelines.results import read_records
 
     run = Path(args.run)
     lmu = load_samples("wang11", "test", ["lmu_aml"])
@@ -52,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             return rc
         truth = {p.stem: lab for p, lab in lmu}
         calls = {"blast": [], "segmented_neutrophil": []}
-        for line in (out / "fields.jsonl").read_text().splitlines():
-            r = json.loads(line)
+        for r in read_records(out):
             t = truth.get(Path(r["path"]).stem)
             if t in calls and r["cells"] and "wang11" in r["cells"][0]["classes"]:
                 calls[t].append(r["cells"][0]["classes"]["wang11"]["label"])

@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         [i for i in (root / card["splits"][args.split]).read_text().split() if i in sub]
     run = Path(args.run)
     from pipelines.cli import run_once
+    from pipelines.results import read_records
 
     rc = run_once(run, [str(root / "JPEGImages" / f"{i}.jpg") for i in ids] +
                   ["--config", args.config, "--device", args.device])
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return lab if lab in SUBTYPES else "other"
 
     res = {}
-    recs = [json.loads(x) for x in (run / "fields.jsonl").read_text().splitlines()]
+    recs = list(read_records(run))
     recs = {Path(r["path"]).stem: r for r in recs}
     for task in ("pbc8", "wang11"):
         probs, y, missed, outside = [], [], 0, Counter()

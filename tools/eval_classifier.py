@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             for p, _ in samples:
                 w.writerow([str(p.resolve()), f"{args.task}_{args.split}"])
     from pipelines.cli import run_once
+    from pipelines.results import read_records
 
     rc = run_once(run, ["--manifest", str(run / "manifest.csv"), "--cells", "--config", args.config,
                         "--device", args.device, "--batch", str(args.batch)])
@@ -71,18 +72,16 @@ def main(argv: list[str] | None = None) -> int:
         return rc
     truth = {str(p.resolve()): lab for p, lab in samples}
     probs, y, final, src = [], [], [], []
-    with open(run / "fields.jsonl") as f:
-        for line in f:
-            rec = json.loads(line)
-            if rec["path"] not in truth or rec["error"] or not rec["cells"]:
-                continue
-            c = rec["cells"][0]
-            if args.task not in c["classes"]:
-                continue
-            probs.append([c["classes"][args.task]["probs"][k] for k in classes])
-            y.append(classes.index(truth[rec["path"]]))
-            final.append(c["label"])
-            src.append(source_of(origin.get(rec["path"], rec["path"])) or "pbc")
+    for rec in read_records(run):
+        if rec["path"] not in truth or rec["error"] or not rec["cells"]:
+            continue
+        c = rec["cells"][0]
+        if args.task not in c["classes"]:
+            continue
+        probs.append([c["classes"][args.task]["probs"][k] for k in classes])
+        y.append(classes.index(truth[rec["path"]]))
+        final.append(c["label"])
+        src.append(source_of(origin.get(rec["path"], rec["path"])) or "pbc")
     if not y:
         print(f"error: no {args.task} results for the {args.split} split in {run}", file=sys.stderr)
         return 2

@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from detection.data import apply_review, load_card, load_review, read_split
-    from detection.evaluate import coco_evaluate, predictions_from_jsonl
+    from detection.evaluate import coco_evaluate, predictions_from_records
+    from pipelines.results import read_records
     from core.config import ConfigError
 
     card = load_card(args.dataset)
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     "--batch", str(args.batch)])
     if rc:
         return rc
-    preds = predictions_from_jsonl(run / "fields.jsonl")
+    preds = predictions_from_records(read_records(run))
     m = coco_evaluate(gt, preds, card["classes"])
     m.update({"dataset": card["name"], "split": args.split, "run": str(run)})
     print(f"{card['name']} {args.split}: {m['fields']} fields, GT boxes {m['gt_boxes']}")

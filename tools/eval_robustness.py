@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from detection.data import FieldAnnotation, load_card, read_split
-    from detection.evaluate import coco_evaluate, predictions_from_jsonl
+    from detection.evaluate import coco_evaluate, predictions_from_records
+    from pipelines.results import read_records
     from core.io import read_image, write_image
     from pipelines.cli import run_once
 
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = run_once(d / "run", [str(img_dir), "--config", args.config, "--device", args.device])
         if rc:
             return rc
-        m = coco_evaluate(shifted, predictions_from_jsonl(d / "run" / "fields.jsonl"), card["classes"])
+        m = coco_evaluate(shifted, predictions_from_records(read_records(d / "run")), card["classes"])
         rows[shift] = {"AP50": {c: v["AP50"] for c, v in m["per_class"].items()}, "mAP50": m["mAP50"],
                        "mAP50_95": m["mAP50_95"]}
         print(f"{shift:8s} " + "  ".join(f"{c} {v:.3f}" for c, v in rows[shift]["AP50"].items())
