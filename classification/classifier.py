@@ -196,6 +196,7 @@ class Classifier(_CropClassifier):
         self._mean = torch.tensor(self.meta["mean"], device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.meta["std"], device=self.device).view(1, 3, 1, 1)
         self.name = f"{self.task}:{self.meta['arch']}@{self.input_size}:{path.name}"
+        self.path = path
         self._ood = None
         if self.has_ood:
 
@@ -264,6 +265,7 @@ class OnnxClassifier(_CropClassifier):
         self.input_size, self.temperature = int(self.meta["input_size"]), float(self.meta["temperature"])
         self.batch = batch
         self.name = f"{self.task}:{self.meta['arch']}@{self.input_size}:{path.name}"
+        self.path = path
 
     def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         out = [self.session.run(None, {"crops": np.ascontiguousarray(x[i:i + self.batch])})

@@ -10,7 +10,12 @@ CLASSIFIER_SCHEMA = {
     "arch": Field(str, REQUIRED, "backbone name, see classification.models.BACKBONES"),
     "weights": Field(str, None, "trained checkpoint (.pt), relative to the repo root; None = no model"),
     "input_size": Field(int, None, "input size in px (default: the backbone's)"),
-    "pretrained": Field(str, None, "opt-in local ImageNet checkpoint to start from (users online); never default"),
+    "pretrained": Field(str, None, "weights to start training from: package:NAME (ImageNet weights inside a registry "
+                                   "package, classification.models.PACKAGE_WEIGHTS) or a local checkpoint (users "
+                                   "online); not with init_from"),
+    "init_from": Field(str, None, "recipe stage this one continues (a classifier config under configs/classifier/, "
+                                  "e.g. recipes/pbc8_shufflenet160.yaml): training starts from its output, "
+                                  "runs/classifier/<its file stem>.pt"),
     "min_confidence": Field(float, 0.5, "below this top-class probability the cell's final label is 'unidentified'"),
     "batch": Field(int, 64, "crops per inference batch"),
     "tta": Field(int, 1, "test-time augmentation views: 1 (off), 2 (+ mirror), 4 (rotations by 90 degrees), 8 "

@@ -26,7 +26,11 @@ VIEWS: dict[str, list[str]] = {"fine13": ["pbc8", "wang11"]}
 # Coarse labels a training sample may carry instead of a fine13 class (PBC's unspecified neutrophil and ig, BCCD's
 # per-field subtypes): the loss is then on the summed probability of the fine classes that refine it
 # (``label_sets``).
-COARSE_LABELS = ["neutrophil", "ig"]
+COARSE_LABELS = ["neutrophil", "ig", "mature_leukocyte"]
+# Coarse labels that are not a parent class: the fine classes they allow. ``mature_leukocyte``: a leukocyte of a
+# normal donor's smear (no blasts, no immature granulocytes), the weak label of TXL-PBC's Raabin-WBC cells.
+LABEL_SET_MEMBERS = {"mature_leukocyte": {"band_neutrophil", "segmented_neutrophil", "lymphocyte", "monocyte",
+                                          "eosinophil", "basophil"}}
 
 UNIDENTIFIED = "unidentified"
 # Final label of a cell whose familiarity score (``ood``) is above its classifier's threshold: unlike the training
@@ -76,12 +80,19 @@ def refines(fine: str, coarse: str) -> bool:
 
 
 def label_sets(labels: list[str], classes: list[str]):
-    """(L, K) 0/1 matrix: row i marks the classes that are or refine ``labels[i]`` (a fine class: itself; a coarse
-    label such as ``neutrophil``: band and segmented neutrophils). Raises ``ValueError`` for a label no class
-    refines."""
+    """(L, K) 0/1 matrix: row i marks the classes that ``labels[i]`` allows: a label that is a class, that class
+    alone (``lymphocyte`` is not also ``reactive_lymphocyte``); a coarse label such as ``neutrophil``, the classes
+    that refine it (band and segmented neutrophils). Raises ``ValueError`` for a label no class refines."""
     import numpy as np
 
-    m = np.array([[refines(c, lab) for c in classes] for lab in labels], np.float32)
+    def allows(c: str, lab: str) -> bool:
+        if lab in classes:
+            return c == lab
+        if lab in LABEL_SET_MEMBERS:
+            return c in LABEL_SET_MEMBERS[lab]
+        return refines(c, lab)
+
+    m = np.array([[allows(c, lab) for c in classes] for lab in labels], np.float32)
     empty = [lab for lab, row in zip(labels, m) if not row.any()]
     if empty:
         raise ValueError(f"labels {empty} are not (and are not refined by) any of {classes}")

@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cells", action="store_true", help="each input is one pre-cropped cell: skip detection")
     ap.add_argument("--save-crops", action="store_true", help="write every cell crop to DIR/crops/<smear>/<label>/")
     ap.add_argument("--save-overlays", action="store_true", help="write fields with boxes to DIR/overlays/<smear>/")
+    ap.add_argument("--save-cams", action="store_true", help="Grad-CAM heatmap of every classified cell's final class: "
+                                                             "DIR/cams/<smear>/, on hover in the report gallery, as "
+                                                             "the 'gradcam' heatmap in tools/review.py (needs the "
+                                                             "classifier's .pt beside its .onnx)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap
 
@@ -84,8 +88,11 @@ def infer_main(argv: list[str] | None = None) -> int:
             pipe.detector  # noqa: B018 - load it now: a missing or bad model is one error, not one per field
     except (ConfigError, FileNotFoundError, ValueError) as e:
         return err(str(e))
+    if args.save_cams and pipe.stages and pipe.cam_classifier() is None:
+        return err("--save-cams needs the first classifier's PyTorch weights (.pt) beside its ONNX export")
     opts = RunOptions(Path(args.out), batch=args.batch, resume=args.resume, cells_mode=args.cells,
-                      save_crops=args.save_crops, save_overlays=args.save_overlays, progress=not args.no_progress,
+                      save_crops=args.save_crops, save_overlays=args.save_overlays, save_cams=args.save_cams,
+                      progress=not args.no_progress,
                       workers=args.workers)
     try:
         summary = run(fields, pipe, opts)

@@ -27,9 +27,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from classification.classifier import (check_classifier_config, check_tta, fuse_probs, load_classifier,
+from classification.cam import grad_cam
+from classification.classifier import (Classifier, check_classifier_config, check_tta, fuse_probs, load_classifier,
                                        preprocess_key, refinement_map, resize_crops)
-from classification.taxonomies import UNFAMILIAR, UNIDENTIFIED, check_task, refines, view_matrix, view_probs
+from classification.taxonomies import (UNFAMILIAR, UNIDENTIFIED, check_task, label_sets, refines, view_matrix,
+                                       view_probs)
 from core.config import REQUIRED, ConfigError, Field, load_yaml, resolve_path, validate
 from detection import build_detector, check_detector_config
 from pipelines.crop import background_colour, crop_square
@@ -277,6 +279,43 @@ class Pipeline:
                 label = UNIDENTIFIED
             out.append(Verdict(label, round(score, 4), per_cell[i], ood))
         return out, (time.perf_counter() - t0) * 1000
+
+    def cam_classifier(self):
+        """The PyTorch network of the first cascade stage (Grad-CAM needs gradients: an ONNX stage's ``.pt`` source
+        beside it), built once; None when there is none."""
+        if not hasattr(self, "_cam_clf"):
+            self._cam_clf = None
+            if self.stages:
+                clf = self.stages[0].classifier
+                if hasattr(clf, "model"):
+                    self._cam_clf = clf
+                else:
+                    pt = clf.path.with_name(clf.meta.get("source", clf.path.with_suffix(".pt").name))
+                    if pt.exists():
+                        self._cam_clf = Classifier(pt, device=self.device)
+        return self._cam_clf
+
+    def grad_cams(self, crops: list[np.ndarray], verdicts: list[Verdict]) -> list[np.ndarray | None]:
+        """Grad-CAM map (S x S float32 in [0, 1], the first stage's input size) of each crop's final class
+        (``classification.cam``; the top class where the final label is ``unidentified`` / ``unfamiliar`` or not one
+        of that network's); None for crops no stage classified, all None without a PyTorch network."""
+        clf = self.cam_classifier()
+        idx = [i for i, v in enumerate(verdicts) if v.label is not None]
+        out: list[np.ndarray | None] = [None] * len(crops)
+        if clf is None or not idx:
+            return out
+        x = clf.preprocess([crops[i] for i in idx])
+        top = clf.classify_prepared(x).argmax(1)
+        def target(label: str, k: int) -> np.ndarray:  # the classes the final label allows, else the top class
+            try:
+                return label_sets([label], clf.classes)[0]
+            except ValueError:  # unidentified, unfamiliar, or a label of another stage (covid_rl)
+                return label_sets([clf.classes[k]], clf.classes)[0]
+
+        allowed = np.stack([target(verdicts[i].label, t) for i, t in zip(idx, top)])
+        for i, m in zip(idx, grad_cam(clf.model, x, allowed, clf.meta["mean"], clf.meta["std"])):
+            out[i] = m
+        return out
 
     def cells_from_detections(self, image: np.ndarray, det) -> tuple[list[Cell], list[np.ndarray], list[int]]:
         """Detections -> unclassified cells (kept labels only), the crops of those in ``classify_labels`` (for the

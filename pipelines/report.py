@@ -63,6 +63,7 @@ table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:
 th{background:#f3f0f7}td:first-child,th:first-child{text-align:left}.flag{color:#a11;font-weight:600}
 .pos{color:#0a6d2c;font-weight:700}.neg{color:#333;font-weight:700}.ind{color:#b36b00;font-weight:700}
 .gal{display:flex;flex-wrap:wrap;gap:4px}.gal img{width:72px;height:72px;border:1px solid #bbb}
+.cell img.cam{display:none}.cell:hover img{display:none}.cell:hover img.cam{display:inline}
 h3{margin-bottom:4px}.muted{color:#777}"""
 
 
@@ -87,10 +88,17 @@ def _gallery(gallery_dir: Path) -> str:
     if not gallery_dir.exists():
         return "<p class='muted'>No cell crops.</p>"
     out = []
+    def b64(p: Path) -> str:
+        return f"data:image/jpeg;base64,{base64.b64encode(p.read_bytes()).decode()}"
+
     for d in sorted(p for p in gallery_dir.iterdir() if p.is_dir()):
-        imgs = sorted(d.glob("*.jpg"))
-        tags = "".join(f"<img src='data:image/jpeg;base64,{base64.b64encode(p.read_bytes()).decode()}' "
-                       f"title='{html.escape(p.stem)}' alt='{html.escape(d.name)}'>" for p in imgs)
+        imgs = sorted(p for p in d.glob("*.jpg") if not p.name.endswith(".cam.jpg"))
+        tags = ""
+        for p in imgs:  # with a Grad-CAM map, hovering the crop shows where the network saw its class
+            cam = p.with_name(p.stem + ".cam.jpg")
+            img = f"<img src='{b64(p)}' title='{html.escape(p.stem)}' alt='{html.escape(d.name)}'>"
+            tags += (f"<span class='cell'>{img}<img class='cam' src='{b64(cam)}' title='Grad-CAM: "
+                     f"{html.escape(p.stem)}' alt='Grad-CAM'></span>") if cam.exists() else img
         out.append(f"<h3>{html.escape(d.name)} <span class='muted'>({len(imgs)} shown)</span></h3>"
                    f"<div class='gal'>{tags}</div>")
     return "".join(out) or "<p class='muted'>No cell crops.</p>"

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from classification.classifier import Classifier
-from core.io import read_image, write_image
+from core.io import read_image, safe_name, write_image
 from detection.data import read_coco, read_voc
 from pipelines.crop import background_colour, crop_square
 from pipelines.fo_convert import rel_xywh_to_xyxy, xyxy_to_rel_xywh
@@ -80,7 +80,40 @@ def _gt_detections(fo, entry, width, height):
     return fo.Detections(detections=dets)
 
 
-def build_dataset(run_dir: Path, name: str, gt: dict | None = None, overwrite: bool = True, log=print):
+def field_cam_map(run_dir: Path, rec: dict, crop_margin: float) -> Path | None:
+    """The field's Grad-CAM heatmap (``infer_field --save-cams``): each classified cell's map pasted where its crop
+    lies (max where crops overlap), written as ``cams/<smear>/<field>_field.png`` (8-bit, the field's size).
+    None when the run has no maps for this field."""
+    import cv2
+    import numpy as np
+
+    d = Path(run_dir) / "cams" / safe_name(rec["smear_id"])
+    stem = Path(rec["field_id"]).name
+    h, w = rec["height"], rec["width"]
+    canvas, found = np.zeros((h, w), np.uint8), False
+    for k, c in enumerate(rec["cells"]):
+        p = d / f"{stem}_{k:03d}.png"
+        if not c.get("classes") or not p.exists():
+            continue
+        x1, y1, x2, y2 = c["box"]
+        side = max(1, int(round(max(x2 - x1, y2 - y1) * (1 + 2 * crop_margin))))
+        a, b = int(round((x1 + x2) / 2 - side / 2)), int(round((y1 + y2) / 2 - side / 2))
+        cam = cv2.resize(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE), (side, side))
+        xa, ya, xb, yb = max(0, a), max(0, b), min(w, a + side), min(h, b + side)
+        if xb <= xa or yb <= ya:
+            continue
+        part = cam[ya - b:yb - b, xa - a:xb - a]
+        canvas[ya:yb, xa:xb] = np.maximum(canvas[ya:yb, xa:xb], part)
+        found = True
+    if not found:
+        return None
+    out = d / f"{stem}_field.png"
+    cv2.imwrite(str(out), canvas)
+    return out
+
+
+def build_dataset(run_dir: Path, name: str, gt: dict | None = None, overwrite: bool = True, log=print,
+                  crop_margin: float = 0.75):
     """Create (or rebuild) the FiftyOne dataset ``name`` from ``run_dir/fields.jsonl``; returns it."""
     import fiftyone as fo
 
@@ -112,6 +145,9 @@ def build_dataset(run_dir: Path, name: str, gt: dict | None = None, overwrite: b
                              cell_index=k, ood=c.get("ood"), **{a: p[a] for a in p.field_names
                                                                  if a.endswith(("_label", "_score"))})
                 for k, (c, p) in enumerate(zip(rec["cells"], preds)) if c.get("classes")])
+            cam = field_cam_map(run_dir, rec, crop_margin) if (run_dir / "cams").is_dir() else None
+            if cam is not None:  # Grad-CAM of the classified cells (infer_field --save-cams)
+                s["gradcam"] = fo.Heatmap(map_path=str(cam.resolve()), range=[0, 255])
         entry = match_ground_truth(gt, rec["path"]) if gt is not None else None
         if entry is not None and w and h:
             s["ground_truth"] = _gt_detections(fo, entry, w, h)
@@ -140,7 +176,7 @@ def build_dataset(run_dir: Path, name: str, gt: dict | None = None, overwrite: b
     info["cell_views"] = [f"cells_{_slug(lab)}" for lab in labels]
     if ds.has_field("leukocytes"):  # the app opens on the leukocytes, by class, not on every red-cell box
         ds.save_view(REVIEW_VIEW, ds.to_patches("leukocytes").sort_by("leukocytes.label"))
-        ds.app_config.active_fields = fo.ActiveFields(paths=["leukocytes", "gt_leukocytes"])
+        ds.app_config.active_fields = fo.ActiveFields(paths=["leukocytes", "gt_leukocytes"])  # gradcam: toggle it
         ds.app_config.color_scheme = fo.ColorScheme(color_by="value")
     ds.info = {"run_dir": str(run_dir.resolve()), **info}
     ds.save()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from classification.cam import overlay
 from core.io import ImageReadError, read_image, safe_name, square_resize, write_image
 from detection import field_warnings
 from pipelines.inputs import FieldInput
@@ -43,6 +44,7 @@ class RunOptions:
     save_overlays: bool = False
     progress: bool = True
     workers: int = 2
+    save_cams: bool = False  # Grad-CAM of each classified cell's final class: DIR/cams/<smear>/, and in the gallery
 
 
 def repair_jsonl(path: Path) -> set[str]:
@@ -85,17 +87,30 @@ class _CropSink:
         self.out_dir, self.per_class, self.save_all = out_dir, per_class, save_all
         self.counts: dict[Path, int] = {}
 
-    def add(self, smear: str, field_id: str, i: int, label: str, crop: np.ndarray) -> None:
-
+    def add(self, smear: str, field_id: str, i: int, label: str, crop: np.ndarray,
+            cam: np.ndarray | None = None) -> None:
+        """One cell's crop (and Grad-CAM map, written as ``cams/<smear>/<field>_<i>.png``, 8-bit, the crop's size,
+        and beside its gallery crop as ``<name>.cam.jpg``)."""
         name = f"{Path(field_id).name}_{i:03d}.jpg"
         safe = safe_name(smear)
+        if cam is not None:
+            import cv2
+
+            d = self.out_dir / "cams" / safe
+            d.mkdir(parents=True, exist_ok=True)
+            h, w = crop.shape[:2]
+            cv2.imwrite(str(d / f"{Path(field_id).name}_{i:03d}.png"), (cv2.resize(cam, (w, h)) * 255).astype(np.uint8))
         if self.per_class > 0:
             d = self.out_dir / "smears" / safe / "gallery" / safe_name(label)
             if d not in self.counts:
-                self.counts[d] = len(list(d.glob("*.jpg"))) if d.exists() else 0
+                self.counts[d] = len([p for p in d.glob("*.jpg") if not p.name.endswith(".cam.jpg")]) \
+                    if d.exists() else 0
             if self.counts[d] < self.per_class:
                 d.mkdir(parents=True, exist_ok=True)
-                write_image(d / name, square_resize(crop, 96), quality=85)
+                small = square_resize(crop, 96)
+                write_image(d / name, small, quality=85)
+                if cam is not None:
+                    write_image(d / name.replace(".jpg", ".cam.jpg"), overlay(small, cam), quality=85)
                 self.counts[d] += 1
         if self.save_all:
             d = self.out_dir / "crops" / safe / safe_name(label)
@@ -199,7 +214,7 @@ def _process_batch(batch, decoded, pipeline, opts, sink) -> list[FieldResult]:
             res, crops = done[f.field_id]
             for i, c in enumerate(res.cells):
                 if i in crops:
-                    sink.add(f.smear_id, f.field_id, i, c.label, crops[i])
+                    sink.add(f.smear_id, f.field_id, i, c.label, *crops[i])
             if opts.save_overlays and not opts.cells_mode:
 
                 d = Path(opts.out_dir) / "overlays" / safe_name(f.smear_id)
@@ -213,8 +228,9 @@ def _process_batch(batch, decoded, pipeline, opts, sink) -> list[FieldResult]:
     return results
 
 
-def _infer(items, pipeline, opts) -> dict[str, tuple[FieldResult, dict[int, np.ndarray]]]:
-    """Detect, crop and classify a batch of decoded fields; returns per field id its result and its crops."""
+def _infer(items, pipeline, opts) -> dict[str, tuple[FieldResult, dict[int, tuple]]]:
+    """Detect, crop and classify a batch of decoded fields; returns per field id its result and, per classified
+    cell index, ``(crop, Grad-CAM map or None)``."""
     n = len(items)
     images = [img for _, img, _ in items]
     dets = [None] * n
@@ -239,16 +255,17 @@ def _infer(items, pipeline, opts) -> dict[str, tuple[FieldResult, dict[int, np.n
     all_crops = [c for _, crops, idx in per_field for c in (crops if idx else [])]
     verdicts, cls_ms = pipeline.classify(all_crops) if all_crops and pipeline.stages else \
         ([Verdict(None, None, {})] * len(all_crops), 0.0)
+    cams = pipeline.grad_cams(all_crops, verdicts) if opts.save_cams and all_crops else [None] * len(all_crops)
     out, v = {}, 0
     for (f, img, dec_ms), (cells, crops, idx), cms, det in zip(items, per_field, crop_ms, dets):
         crop_by_cell = {}
         for j, ci in enumerate(idx):
-            vd = verdicts[v]
+            vd, cam = verdicts[v], cams[v]
             v += 1
             c = cells[ci]
             if vd.label is not None:
                 cells[ci] = Cell(c.box, c.det_label, c.det_score, vd.label, vd.score, vd.classes, vd.ood)
-            crop_by_cell[ci] = crops[j]
+            crop_by_cell[ci] = (crops[j], cam)
         h, w = img.shape[:2]
         timings = {"decode": round(dec_ms, 2), "detect": round(det_ms / n, 2), "crop": round(cms, 2),
                    "classify": round(cls_ms / n, 2)}

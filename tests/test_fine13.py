@@ -35,10 +35,14 @@ def test_label_sets_and_set_loss():
     from classification.train import set_loss, train_labels
 
     labels = train_labels("fine13")
-    assert labels[:13] == FINE and labels[13:] == ["neutrophil", "ig"]
+    assert labels[:13] == FINE and labels[13:] == ["neutrophil", "ig", "mature_leukocyte"]
     sets = label_sets(labels, FINE)
     assert sets[labels.index("neutrophil")].nonzero()[0].tolist() == [FINE.index("band_neutrophil"),
                                                                       FINE.index("segmented_neutrophil")]
+    mature = {FINE[k] for k in sets[labels.index("mature_leukocyte")].nonzero()[0]}
+    assert mature == {"band_neutrophil", "segmented_neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"}
+    # a label that is a class allows that class only: lymphocytes must not train the data-less reactive slot
+    assert sets[labels.index("lymphocyte")].nonzero()[0].tolist() == [FINE.index("lymphocyte")]
     with pytest.raises(ValueError, match="not"):
         label_sets(["giraffe"], FINE)
     logits = torch.randn(4, 13)
@@ -320,3 +324,51 @@ def test_adapt_with_labels_writes_a_runnable_pipeline(tmp_path, tiny_models):
     bad = d / "bad.csv"
     bad.write_text("path,label\nNEUTROPHIL_0.png,giraffe\n")
     assert main(["--labels", str(bad), "--weights", str(w), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_grad_cam_points_at_the_evidence():
+    """A tiny CNN whose class 0 score grows with brightness: its Grad-CAM peaks on the bright square."""
+    import torch
+
+    from classification.cam import grad_cam, overlay
+    from classification.models import build_backbone
+
+    m = build_backbone("tiny_cnn", 3)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.Conv2d):
+                mod.weight.fill_(1.0 / mod.weight[0].numel()), mod.bias.zero_()
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.reset_parameters(), mod.reset_running_stats()
+        m[-1].weight.zero_(), m[-1].bias.zero_()
+        m[-1].weight[0].fill_(1.0)
+    x = np.zeros((1, 32, 32, 3), np.uint8)
+    x[0, 20:28, 4:12] = 255
+    allowed = np.array([[1.0, 0.0, 0.0]])
+    cam = grad_cam(m, x, allowed, (0.0,) * 3, (1.0,) * 3)
+    assert cam.shape == (1, 32, 32) and 0 <= cam.min() and cam.max() == pytest.approx(1.0)
+    assert cam[0, 20:28, 4:12].mean() > 3 * cam[0, :12, 20:].mean()
+    assert not any(p.grad is not None for p in m.parameters())
+    assert overlay(x[0], cam[0]).shape == (32, 32, 3)
+
+
+def test_save_cams_writes_maps_gallery_hover_and_needs_torch_weights(tmp_path, tiny_models, synthetic_dir):
+    import json
+
+    from pipelines.cli import infer_main
+
+    out = tmp_path / "run"
+    assert infer_main([str(synthetic_dir / "smear_01"), "--out", str(out), "--config", str(tiny_models["pipeline"]),
+                       "--save-cams", "--no-progress"]) == 0
+    recs = [json.loads(x) for x in (out / "fields.jsonl").read_text().splitlines()]
+    n = sum(1 for r in recs for c in r["cells"] if c["classes"])
+    assert n and len(list((out / "cams").rglob("*.png"))) == n
+    assert list((out / "smears").rglob("*.cam.jpg"))
+    assert "Grad-CAM" in (out / "smears" / "smear_01" / "report.html").read_text()
+    from pipelines.review import field_cam_map
+
+    rec = next(r for r in recs if any(c["classes"] for c in r["cells"]))
+    p = field_cam_map(out, rec, 0.75)
+    import cv2
+
+    assert p.exists() and cv2.imread(str(p), cv2.IMREAD_GRAYSCALE).shape == (rec["height"], rec["width"])

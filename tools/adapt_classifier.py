@@ -19,7 +19,7 @@ Minutes on a 2-core CPU.
 Without labels (``--run`` / ``--cells``):
 
   python tools/infer_field.py CAPTURES --out out/mylab                     # detect your leukocytes once
-  python tools/adapt_classifier.py --weights classification/weights/pbc8_shufflenet192.pt \
+  python tools/adapt_classifier.py --weights classification/weights/fine13_lite0_192.pt \
       --run out/mylab --out runs/adapted/pbc8_mylab.pt
   python tools/export_onnx.py --classifier runs/adapted/pbc8_mylab.pt --out runs/adapted/pbc8_mylab.onnx
   python tools/adapt_classifier.py --weights ... --cells mycells/ --out ...   # pre-cropped cell images instead

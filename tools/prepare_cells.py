@@ -14,7 +14,11 @@ Labels: BCCD's per-field subtype (``bccd/wbc_subtypes.csv``, fields with exactly
 neutrophil / eosinophil / lymphocyte / monocyte / basophil) goes to the field's most confident WBC detection
 (``primary`` 1, as ``tools/eval_bccd_subtypes.py`` scores it) when it overlaps the labelled box (IoU >= 0.3);
 every other detection, and every TXL-PBC detection (no subtype labels), has an empty label: unlabelled cells of that
-laboratory (e.g. the blast share on normal smears).
+laboratory (e.g. the blast share on normal smears). ``--weak-label mature_leukocyte`` gives the unlabelled crops of
+``--weak-splits`` (default train, val) that coarse label instead: TXL-PBC's smears are of normal donors (Raabin-WBC),
+so each leukocyte is one of the mature classes, never a blast or an immature granulocyte:
+
+  python tools/prepare_cells.py --dataset txl_pbc --out runs/cells/txl_pbc_weak --weak-label mature_leukocyte
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--splits", nargs="+", default=None, help="splits (default: every split of the card but "
                                                                 "trainval)")
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--weak-label", help="label every otherwise unlabelled crop of the --weak-splits with this coarse "
+                                         "label (e.g. mature_leukocyte for normal donors' smears: no blasts)")
+    ap.add_argument("--weak-splits", nargs="+", default=["train", "val"], help="splits the weak label applies to "
+                                                                               "(default train val; test stays "
+                                                                               "unlabelled for evaluation)")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -80,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                 for n, k in enumerate(sorted(wbc, key=lambda k: -d.scores[k])):
                     iou = float(box_iou(d.xyxy[k], np.asarray(gt, np.float32)).max()) if gt else 0.0
                     lab = label if (k == primary and iou >= 0.3) else ""
+                    if not lab and args.weak_label and split in args.weak_splits:
+                        lab = args.weak_label
                     if k == primary and label and not lab:
                         unmatched += 1
                     labelled += bool(lab)

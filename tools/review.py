@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=5151)
     ap.add_argument("--address", default="127.0.0.1")
     ap.add_argument("--embeddings", nargs="?", metavar="WEIGHTS",
-                    const=str(ROOT / "classification" / "weights" / "pbc8_shufflenet192.pt"),
+                    const=str(ROOT / "classification" / "weights" / "fine13_lite0_192.pt"),
                     help="add an embeddings map of the classified cells (brain key cell_embeddings) from a classifier "
-                         "checkpoint's features (default: the shipped pbc8)")
+                         "checkpoint's features (default: the shipped fine13 network)")
     ap.add_argument("--embeddings-method", choices=["tsne", "pca"], default="tsne")
     ap.add_argument("--crop-margin", type=float, default=0.75, help="--embeddings / --export-labels: crop margin "
                                                                     "of the run's config")
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"--export-labels DIR first, or pass --rebuild", file=sys.stderr)
             return 2
     try:
-        ds = build_dataset(run, name, gt)
+        ds = build_dataset(run, name, gt, crop_margin=args.crop_margin)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,12 +1,13 @@
 #!/usr/bin/env python
 """Train a cell classifier from its config:
-``python tools/train_classifier.py --config configs/classifier/pbc8_shufflenet192.yaml``.
+``python tools/train_classifier.py --config configs/classifier/fine13_lite0_192.yaml``.
 
 Data: the task's public sources in ../shared/data (pbc8: PBC; wang11: PBC fine labels + lmu_aml), the fixed splits
 (train to fit, val for early stopping and temperature scaling, test only for the final figure), or your own
 folder-per-class data (``train.data_dir`` with train/ val/ test/). Writes a self-describing checkpoint (taxonomy,
-input size, normalization, temperature, training history, metrics) to ``--out`` (default: the config's ``weights``)
-and its metrics as JSON next to it. ``--resume`` continues an interrupted run.
+input size, normalization, temperature, training history, metrics) to ``--out`` (default:
+runs/classifier/<config stem>.pt, where a recipe's next stage, ``init_from``, starts) and its metrics as JSON next
+to it. ``--resume`` continues an interrupted run.
 """
 
 from __future__ import annotations
@@ -18,11 +19,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.config import load_yaml, resolve_path  # noqa: E402
+
+
+def stage_output(config) -> Path:
+    """Where training a classifier config writes its checkpoint by default: runs/classifier/<config stem>.pt (a
+    recipe's next stage starts there, ``init_from``)."""
+    return resolve_path(f"runs/classifier/{Path(config).stem}.pt")
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="classifier YAML (configs/classifier/*.yaml)")
-    ap.add_argument("--out", help="checkpoint path (default: the config's weights)")
+    ap.add_argument("--out", help="checkpoint path (default: runs/classifier/<config stem>.pt; copy a checkpoint that "
+                                  "ships to classification/weights/ yourself)")
     ap.add_argument("--epochs", type=int, help="override train.epochs")
     ap.add_argument("--resume", action="store_true", help="continue from train.run_dir/last.pt")
     ap.add_argument("--limit", type=int, default=0, help="use at most N samples per split (smoke runs)")
@@ -35,15 +45,22 @@ def main(argv: list[str] | None = None) -> int:
     from classification.metrics import format_report
     from classification.models import BACKBONES
     from classification.train import train_classifier, train_labels
-    from core.config import load_yaml, resolve_path
 
     cfg = check_classifier_config(load_yaml(args.config), args.config)
     if args.epochs:
         cfg["train"] = {**cfg["train"], "epochs": args.epochs}
-    out = resolve_path(args.out or cfg["weights"])
-    if out is None:
-        print("error: give --out or set 'weights' in the config", file=sys.stderr)
-        return 2
+    out = resolve_path(args.out) if args.out else stage_output(args.config)
+    if cfg["init_from"]:
+        if cfg["pretrained"]:
+            print("error: give either init_from or pretrained, not both", file=sys.stderr)
+            return 2
+        prev = resolve_path(f"configs/classifier/{cfg['init_from']}")
+        start = stage_output(prev)
+        if not start.exists():
+            print(f"error: {cfg['init_from']} has not been trained: {start} is missing (python "
+                  f"tools/train_classifier.py --config {prev})", file=sys.stderr)
+            return 2
+        cfg["pretrained"] = str(start)
     classes = train_labels(cfg["task"])  # the taxonomy's classes (fine13: then its coarse labels)
     size = cfg["input_size"] or BACKBONES[cfg["arch"]][2]
     tcfg = cfg["train"]
