@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     if ood:
         lines += ["## Familiarity score (`ood` per cell)", "",
                   f"Mahalanobis distance on the {ood['dims']} leading whitened directions of the penultimate "
-                  f"features, {len(ood['means'])} class means, fitted by `tools/fit_familiarity.py` on {ood['n']} val cells of the "
-                  f"training laboratories ({ood.get('fitted_on', {}).get('sources')}, cell sets "
+                  f"features, {len(ood['means'])} class means, fitted by `tools/fit_familiarity.py` on {ood['n']} "
+                  f"val cells of the training laboratories ({ood.get('fitted_on', {}).get('sources')}, cell sets "
                   f"{ood.get('fitted_on', {}).get('cell_sets')}); quantiles of those cells' scores "
                   f"{ood['val_quantiles']}; a cell above {ood['threshold']:.3f} is `unfamiliar`.", ""]
     if args.labs:
