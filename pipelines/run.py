@@ -238,10 +238,13 @@ def _infer(items, pipeline, opts) -> dict[str, tuple[FieldResult, dict[int, tupl
         det_ms = 0.0
         per_field = []
         t0 = time.perf_counter()
-        for img in images:
-            h, w = img.shape[:2]
-            cell = Cell([0.0, 0.0, float(w), float(h)], "WBC", 1.0, "WBC", 1.0)
-            per_field.append(([cell], [img], [0]))
+        if pipeline.cfg["cells_reframe"]:  # the detector finds the leukocyte; it is cropped as field cells are
+            for box, score, crop in pipeline.reframe_cells(images):
+                per_field.append(([Cell(box, "WBC", score, "WBC", score)], [crop], [0]))
+        else:
+            for img in images:
+                h, w = img.shape[:2]
+                per_field.append(([Cell([0.0, 0.0, float(w), float(h)], "WBC", 1.0, "WBC", 1.0)], [img], [0]))
         crop_ms = [(time.perf_counter() - t0) * 1000 / n] * n
     else:
         t0 = time.perf_counter()

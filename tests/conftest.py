@@ -50,6 +50,7 @@ def tiny_models(tmp_path_factory) -> dict:
         "keep_labels": ["WBC", "RBC", "Platelets"],
         "classify_labels": ["WBC", "RBC", "Platelets"],  # untrained detector: classify whatever it finds
         "gallery_per_class": 2,
+        "cells_reframe": False,  # an untrained detector finds no leukocyte to reframe
         "differential": {"min_leukocytes": 10}})
     return {"dir": d, "detector": det, "pipeline": pipe, **{f"{k}_ckpt": v for k, v in ck.items()}}
 

@@ -372,3 +372,27 @@ def test_save_cams_writes_maps_gallery_hover_and_needs_torch_weights(tmp_path, t
     import cv2
 
     assert p.exists() and cv2.imread(str(p), cv2.IMREAD_GRAYSCALE).shape == (rec["height"], rec["width"])
+
+
+def test_reframe_cells_crops_the_central_leukocyte_at_the_pipeline_margin():
+    """--cells framing: an export that frames its cell tightly is re-cropped around the detected leukocyte at
+    crop_margin (the image's median colour beyond its edge); without a detection the image stays as it is."""
+    from detection import Detections
+    from pipelines.pipeline import Pipeline
+
+    class FakeDetector:
+        def detect(self, images):
+            return [Detections(np.array([[2, 2, 10, 10], [20, 20, 60, 60]], np.float32),
+                               np.array([0.9, 0.8], np.float32), ("WBC", "WBC")),
+                    Detections()]
+
+    pipe = Pipeline.__new__(Pipeline)
+    pipe.cfg, pipe._detector = {"crop_margin": 0.75}, FakeDetector()
+    a = np.full((80, 80, 3), 200, np.uint8)
+    a[20:60, 20:60] = (120, 60, 160)  # a tight cell in the middle
+    b = np.zeros((30, 40, 3), np.uint8)
+    (box_a, score_a, crop_a), (box_b, score_b, crop_b) = pipe.reframe_cells([a, b])
+    assert box_a == [20.0, 20.0, 60.0, 60.0] and score_a == pytest.approx(0.8)  # the central one, not the corner
+    assert crop_a.shape == (100, 100, 3)  # 40 px box * (1 + 2 * 0.75)
+    assert (crop_a[0, 0] == 200).all() and (crop_a[50, 50] == (120, 60, 160)).all()
+    assert box_b == [0.0, 0.0, 40.0, 30.0] and score_b == 1.0 and crop_b is b

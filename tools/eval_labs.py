@@ -6,8 +6,8 @@ trained on and those they were not (leave-one-lab-out model selection).
   python tools/prepare_cells.py --dataset txl_pbc --out runs/cells/txl_pbc    # once: detected TXL-PBC leukocytes
   python tools/eval_labs.py --configs configs/pipeline/default.yaml OTHER.yaml --out out/eval/labs
 
-Columns (every cell through the config's classifier cascade, as in a run; pre-cropped cells whole, field cells
-as the pipeline cropped them):
+Columns (every cell through the config's classifier cascade, as in a run; pre-cropped cells reframed as
+``infer_field --cells`` frames them (the config's ``cells_reframe``), field cells as the pipeline cropped them):
 - ``pbc8 PBC``: pbc8 accuracy on PBC test (3,411 cells).
 - ``wang11 PBC+LMU``: wang11 mean class accuracy on the PBC + lmu_aml test cells with a wang11 class.
 - ``LMU blast recall`` / ``LMU neut->blast``: lmu_aml test blasts called blast (wang11), segmented neutrophils
@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         out = {}
         for name, crops in images.items():
+            if name in ("pbc_test", "lmu_test") and pipe.cfg["cells_reframe"]:  # as infer_field --cells frames them
+                crops = [c for _, _, c in pipe.reframe_cells(crops)]
             saved = [({k: v.clone() for k, v in s.classifier.model.state_dict().items()}) for s in torch_stages]
             if args.adabn:
                 adapt_stages(torch_stages, crops, args.alpha)
