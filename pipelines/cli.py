@@ -12,6 +12,7 @@ from core.config import REPO_ROOT, ConfigError
 from core.offline import set_offline
 from pipelines.inputs import InputError, expand_inputs
 from pipelines.pipeline import Pipeline, load_pipeline_config
+from pipelines.ray_engine import ray_engine
 from pipelines.results import read_records
 from pipelines.run import RunError, RunOptions, run
 
@@ -51,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "the 'gradcam' heatmap in tools/review.py (needs the "
                                                              "classifier's .pt beside its .onnx)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--engine", choices=["local", "ray"], default="local",
+                    help="local (default): this process; ray: Ray Data actors (pipelines.ray_engine), in-process "
+                         "Ray unless --ray-address")
+    ap.add_argument("--ray-address", help="--engine ray: address of a running cluster (ray start --head prints it)")
+    ap.add_argument("--workers-ray", type=int, default=1, help="--engine ray: actors, each with its own models")
+    ap.add_argument("--gpus-per-worker", type=float, default=0.0, help="--engine ray: GPUs per actor (with "
+                                                                        "--device cuda)")
     return ap
 
 
@@ -94,8 +102,18 @@ def infer_main(argv: list[str] | None = None) -> int:
                       save_crops=args.save_crops, save_overlays=args.save_overlays, save_cams=args.save_cams,
                       progress=not args.no_progress,
                       workers=args.workers)
+    engine = None
+    if args.engine == "ray":
+        if args.workers_ray < 1:
+            return err("--workers-ray must be >= 1")
+        try:
+            import ray.data  # noqa: F401
+        except ImportError as e:
+            return err(f"--engine ray needs Ray Data (pip install 'ray[data]'): {e}")
+        engine = ray_engine(args.config, opts, device=args.device, half=args.half, address=args.ray_address,
+                            workers=args.workers_ray, gpus_per_worker=args.gpus_per_worker)
     try:
-        summary = run(fields, pipe, opts)
+        summary = run(fields, pipe, opts, engine=engine)
     except RunError as e:
         return err(str(e))
     except KeyboardInterrupt:

@@ -68,8 +68,8 @@ def repair_jsonl(path: Path) -> set[str]:
     return done
 
 
-def _decode(fi: FieldInput):
-
+def decode_field(fi: FieldInput):
+    """``(image or None, error or None, ms)`` for one input: never raises."""
     t0 = time.perf_counter()
     try:
         img, err = read_image(fi.path), None
@@ -134,9 +134,14 @@ def draw_overlay(image: np.ndarray, cells: list[Cell]) -> np.ndarray:
     return out
 
 
-def run(fields: list[FieldInput], pipeline, opts: RunOptions, log=None) -> dict:
+def run(fields: list[FieldInput], pipeline, opts: RunOptions, log=None, engine=None) -> dict:
     """Process ``fields`` with ``pipeline`` (``pipelines.pipeline.Pipeline``) into ``opts.out_dir``; returns the
-    run summary (also written to ``summary.json``)."""
+    run summary (also written to ``summary.json``).
+
+    ``engine``: None runs here (decoding threads one batch ahead of inference); otherwise a callable
+    ``engine(todo, sink) -> iterator of (fields in the batch, FieldResults)`` that runs the same per-batch work
+    elsewhere (``pipelines.ray_engine``). Either way this driver owns ``fields.jsonl`` (appended and synced per
+    batch, so ``--resume`` after a kill ends with every field exactly once), the crops, reports and summary."""
 
     log = log or (lambda m: print(m, file=sys.stderr))
     out = Path(opts.out_dir)
@@ -156,13 +161,9 @@ def run(fields: list[FieldInput], pipeline, opts: RunOptions, log=None) -> dict:
         from tqdm import tqdm
 
         bar = tqdm(total=len(todo), unit="field", desc="fields", mininterval=1.0, file=sys.stderr)
-    batches = [todo[i:i + opts.batch] for i in range(0, len(todo), max(1, opts.batch))]
-    with open(jsonl, "a", encoding="utf-8") as fout, ThreadPoolExecutor(max(1, opts.workers)) as pool:
-        pending = [pool.submit(_decode, f) for f in batches[0]] if batches else []
-        for bi, batch in enumerate(batches):
-            decoded = [p.result() for p in pending]
-            pending = [pool.submit(_decode, f) for f in batches[bi + 1]] if bi + 1 < len(batches) else []
-            results = _process_batch(batch, decoded, pipeline, opts, sink)
+    produce = engine or (lambda todo_, sink_: local_batches(todo_, pipeline, opts, sink_))
+    with open(jsonl, "a", encoding="utf-8") as fout:
+        for batch, results in produce(todo, sink):
             for r in results:
                 fout.write(to_json(r) + "\n")
                 n_ok += r.error is None
@@ -184,12 +185,27 @@ def run(fields: list[FieldInput], pipeline, opts: RunOptions, log=None) -> dict:
                             "fields_per_s": round(len(todo) / wall, 3) if wall > 0 and todo else None,
                             "resumed_skipped": len(fields) - len(todo)},
                "mode": "cells" if opts.cells_mode else "fields", "batch": opts.batch,
+               "engine": getattr(engine, "name", "local"),
                "versions": pipeline.versions, "skipped_stages": pipeline.skipped}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
-def _process_batch(batch, decoded, pipeline, opts, sink) -> list[FieldResult]:
+def local_batches(todo: list[FieldInput], pipeline, opts: RunOptions, sink):
+    """The local engine: batches of ``opts.batch`` fields, decoded in ``opts.workers`` threads one batch ahead;
+    yields ``(batch, FieldResults)``."""
+    batches = [todo[i:i + opts.batch] for i in range(0, len(todo), max(1, opts.batch))]
+    with ThreadPoolExecutor(max(1, opts.workers)) as pool:
+        pending = [pool.submit(decode_field, f) for f in batches[0]] if batches else []
+        for bi, batch in enumerate(batches):
+            decoded = [p.result() for p in pending]
+            pending = [pool.submit(decode_field, f) for f in batches[bi + 1]] if bi + 1 < len(batches) else []
+            yield batch, process_batch(batch, decoded, pipeline, opts, sink)
+
+
+def process_batch(batch, decoded, pipeline, opts, sink) -> list[FieldResult]:
+    """One batch's work, whatever the engine: ``decoded`` = per field ``(image or None, error or None, decode ms)``;
+    failing fields are isolated (their records say why); crops go to ``sink.add``; returns the FieldResults."""
     ok = [(f, img, ms) for f, (img, err, ms) in zip(batch, decoded) if err is None]
     errors = {f.field_id: err for f, (img, err, ms) in zip(batch, decoded) if err is not None}
     if ok:
