@@ -16,7 +16,7 @@ def test_help_is_light(tool):
             f"import runpy\n"
             f"try:\n    runpy.run_path({str(ROOT / 'tools' / (tool + '.py'))!r}, run_name='__main__')\n"
             f"except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
-            f"heavy = [m for m in ('torch', 'ultralytics', 'fiftyone', 'timm', 'cv2') if m in sys.modules]\n"
+            f"heavy = [m for m in ('torch', 'ultralytics', 'fiftyone', 'timm', 'cv2', 'ray') if m in sys.modules]\n"
             f"print('HEAVY', heavy)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -72,3 +72,20 @@ def test_eval_classifier_scaled_copies(tmp_path):
     assert scaled_copies(samples, 0.5, tmp_path / "scaled")[0] == copies and copies[0][0].stat().st_mtime_ns == mtime
     with pytest.raises(SystemExit):
         main(["--task", "pbc8", "--run", str(tmp_path / "run"), "--scale", "0"])
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_gpu_check_script_runs_on_cpu_up_to_the_cuda_calls(data_root, tmp_path):
+    """tools/gpu_check.sh with GPU_CHECK_DEVICE=cpu: the same steps a GPU machine runs, a few fields."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "GPU_CHECK_DEVICE": "cpu", "GPU_CHECK_REPEAT": "1", "GPU_CHECK_LIMIT": "4",
+           "PYTHON": sys.executable}
+    r = subprocess.run(["bash", str(ROOT / "tools" / "gpu_check.sh"), str(tmp_path / "g")], capture_output=True,
+                       text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "torch" in (tmp_path / "g" / "device.txt").read_text()
+    assert (tmp_path / "g" / "latency" / "latency.md").exists()
+    assert "WBC" in (tmp_path / "g" / "detection.log").read_text()

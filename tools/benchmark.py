@@ -6,6 +6,7 @@
   python tools/benchmark.py latency --dataset bccd --split test --batches 1 8 32 --device cpu --out out/bench
   python tools/benchmark.py latency --fields out/bench_fields_jpg --config configs/pipeline/gpu.yaml --device cuda \
       --half
+  python tools/benchmark.py latency --dataset bccd --split test --batches 8 --engine ray   # + Ray, 1 and 2 actors
 
 latency: the real orchestrator (tools/infer_field.py's code path: decode overlapped with inference, batched
 detector, batched classifiers) over the fields at each batch size, after a warm-up pass; per-stage p50/p95 from
@@ -122,6 +123,8 @@ def latency(args) -> int:
             out["best_batch"] = best
             out["speedup_runs"] = [round(x, 2) for x in ratios]
             out["speedup"] = round(float(np.median(ratios)), 2)
+        if args.engine == "ray":
+            out["ray"] = ray_latency(fields, pipe, args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -130,6 +133,29 @@ def latency(args) -> int:
     (Path(args.out) / "latency.md").write_text(md)
     print(md)
     return 0
+
+
+def ray_latency(fields, pipe, args, tmp: Path) -> dict:
+    """fields/s of ``--engine ray`` with 1 and 2 actors (in-process Ray, or --ray-address), each pass a whole job as
+    a user runs it: the actor pool starts, loads its models, and streams the fields back; --repeat passes, median."""
+    from pipelines.ray_engine import ray_engine
+    from pipelines.run import RunOptions, run
+
+    batch = max(args.batches)
+    res = {}
+    for workers in args.ray_workers:
+        rates = []
+        for r in range(args.repeat):
+            opts = RunOptions(tmp / f"ray{workers}_{r}", batch=batch, progress=False, workers=args.workers)
+            eng = ray_engine(args.config, opts, device=args.device, half=args.half, address=args.ray_address,
+                             workers=workers, log=lambda m: None)
+            s = run(fields, pipe, opts, log=lambda m: None, engine=eng)
+            rates.append(s["this_run"]["fields_per_s"])
+            shutil.rmtree(tmp / f"ray{workers}_{r}", ignore_errors=True)
+            print(f"ray {workers} worker(s), pass {r + 1}: {rates[-1]} fields/s", flush=True)
+        res[str(workers)] = {"fields_per_s": round(float(np.median(rates)), 3), "fields_per_s_runs": rates,
+                             "batch": batch}
+    return res
 
 
 def baseline(cfg: dict, paths: list[Path], args):
@@ -217,6 +243,10 @@ def latency_markdown(o: dict) -> str:
                 f"{o['baseline']['fields_per_s']} fields/s (p50 {o['baseline']['per_field_ms']['p50']} ms/field). "
                 f"Speed-up of the best pipeline batch ({o['best_batch']}): {o['speedup']}x (median over rounds; "
                 f"per round {o['speedup_runs']}).\n")
+    if o.get("ray"):
+        tail += ("\nRay Data engine (each pass a whole job: actor pool start, model loading, fields streamed back): "
+                 + ", ".join(f"{w} worker(s) {v['fields_per_s']} fields/s (batch {v['batch']})"
+                             for w, v in o["ray"].items()) + ".\n")
     return (f"Latency in ms per field (fields/s: median of {o.get('repeat', 1)} passes), {o['fields']} fields, "
             f"device {o['device']} ({o['gpu'] or o['cpu']}, "
             f"{o['torch_threads']} torch threads){' fp16' if o['half'] else ''}, config {o['config']}\n\n"
@@ -282,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--baseline-detector", default=str(ROOT / "configs" / "detector" / "yolov8n_320.yaml"),
                     help="latency: torch YOLO config of the naive baseline when the pipeline runs an ONNX export")
+    ap.add_argument("--engine", choices=["local", "ray"], default="local", help="latency: ray also times the Ray "
+                                                                              "Data engine (--ray-workers)")
+    ap.add_argument("--ray-workers", type=int, nargs="+", default=[1, 2], help="latency --engine ray: actor counts")
+    ap.add_argument("--ray-address", help="latency --engine ray: a running cluster instead of in-process Ray")
     ap.add_argument("--out", default="out/bench")
     args = ap.parse_args(argv)
     return {"detection": detection, "classification": classification, "latency": latency}[args.what](args)
