@@ -16,13 +16,16 @@ $(STAMP): setup.cfg pyproject.toml
 
 setup: $(STAMP)
 
-# The main job on the embedded default models: render synthetic smear fields, run the pipeline, write reports.
+# The main job on the embedded default models: 8 real BCCD fields shipped in datasets/samples (their differential,
+# each field's leukocyte against BCCD's label), then synthetic fields drawn in code (the domain-shift guard's case).
 demo: $(STAMP)
 	rm -rf out/demo
+	$(PY) tools/infer_field.py datasets/samples/bccd_smear --out out/demo/real --save-overlays --save-cams --no-progress
+	$(PY) tools/show_run.py out/demo/real --truth datasets/samples/subtypes.csv
 	$(PY) tools/make_demo_fields.py --out out/demo/fields --smears 2 --fields 6
-	$(PY) tools/infer_field.py out/demo/fields --out out/demo/run --save-overlays --no-progress; \
+	$(PY) tools/infer_field.py out/demo/fields --out out/demo/synthetic --save-overlays --no-progress; \
 	  rc=$$?; [ $$rc -le 1 ] || exit $$rc
-	$(PY) tools/show_run.py out/demo/run
+	$(PY) tools/show_run.py out/demo/synthetic
 
 test: $(STAMP)
 	$(PY) -m pytest -q

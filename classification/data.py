@@ -54,7 +54,7 @@ def load_samples(task: str, split: str, sources: list[str] | None = None,
     out = []
     if task == "fine13":
         classes |= set(COARSE_LABELS)
-        sources = sources or ["pbc", "lmu_aml"]
+        sources = ["pbc", "lmu_aml"] if sources is None else sources
         if "pbc" in sources:
             root, rows = _manifest("pbc")
             out += [(root / r["path"], r["fine_label"]) for r in rows if r["split"] == split]

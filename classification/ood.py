@@ -17,19 +17,21 @@ OOD_KEYS = ("means", "proj", "dims", "threshold", "val_quantiles", "fitted_on", 
 
 
 def fit_ood(features: np.ndarray, labels: np.ndarray, dims: int = 64, min_per_class: int = 5,
-            quantile: float = 0.99, shrinkage: float = 0.05) -> dict:
+            quantile: float = 0.99, shrinkage: float = 0.05, groups: np.ndarray | None = None) -> dict:
     """Fit the score on ``features`` (N, D) of in-distribution cells with class indices ``labels`` (N,).
 
-    Classes with fewer than ``min_per_class`` cells do not get a mean (their cells still shape the covariance through
-    the overall mean). The within-class covariance is shrunk towards its mean eigenvalue (``shrinkage``) and
+    ``groups`` (N,): each cell's laboratory; then every (class, laboratory) pair gets its own mean, so that a
+    training laboratory with few cells (BCCD) is as familiar as the one with many (PBC). Groups with fewer than
+    ``min_per_class`` cells do not get a mean (their cells still shape the covariance through their group mean). The within-class covariance is shrunk towards its mean eigenvalue (``shrinkage``) and
     whitened on its ``dims`` leading directions. Returns the checkpoint's ``ood`` dict (lists, JSON-able)."""
     f = np.asarray(features, np.float64)
     y = np.asarray(labels)
     if len(f) < 2 * dims:
         raise ValueError(f"fit_ood: {len(f)} cells are too few for {dims} dimensions (need >= {2 * dims})")
+    key = y.astype(str) if groups is None else np.char.add(np.char.add(y.astype(str), "|"), np.asarray(groups, str))
     means, centred = [], []
-    for k in np.unique(y):
-        m = y == k
+    for k in np.unique(key):
+        m = key == k
         mu = f[m].mean(0)
         centred.append(f[m] - mu)
         if m.sum() >= min_per_class:

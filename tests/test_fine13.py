@@ -214,6 +214,13 @@ def test_ood_score_is_about_one_in_distribution_and_high_outside():
                                atol=1e-3)
     with pytest.raises(ValueError, match="too few"):
         fit_ood(f[:10], y[:10], dims=16)
+    # a small second training lab (shifted features): with per-(class, lab) means its cells are familiar too
+    f2 = centres[y[:60]] + rng.normal(0, 1, (60, 32)) + 4.0
+    both, yy = np.concatenate([f, f2]), np.concatenate([y, y[:60]])
+    g = np.array(["big"] * len(f) + ["small"] * 60)
+    pooled, per_lab = fit_ood(both, yy, dims=16), fit_ood(both, yy, dims=16, groups=g)
+    assert np.median(ood_scores(far, per_lab)) < 0.5 * np.median(ood_scores(far, pooled))
+    assert len(per_lab["means"]) == 8
 
 
 def test_ood_travels_in_checkpoint_and_onnx_export(tmp_path):

@@ -5,9 +5,10 @@ laboratories it was trained on, and store it in the checkpoint:
   python tools/fit_familiarity.py --weights runs/classifier/fine13_lite0_192.pt
   python tools/export_onnx.py --classifier runs/classifier/fine13_lite0_192.pt --out ....onnx   # ONNX gets it too
 
-The val cells are the checkpoint's own training sources (its config's ``train.sources`` / ``cell_sets``, val split,
-with the harmonized copies it was selected on); class means use the true class, or for coarse labels (BCCD's
-``neutrophil``) the predicted one. ``--cells CSV`` adds a labels.csv of more in-distribution cells (``path,label``).
+The cells are the checkpoint's own training laboratories: the val split of its ``train.sources`` (with the
+harmonized copies it was selected on) and the train + val splits of its ``cell_sets`` (few cells each); one mean
+per class and laboratory, with the true class, or for coarse labels (BCCD's ``neutrophil``, TXL-PBC's
+``mature_leukocyte``) the predicted one. ``--cells CSV`` adds a labels.csv of more in-distribution cells (``path,label``).
 The threshold above which a cell is ``unfamiliar`` is the ``--quantile`` of the val cells' scores.
 """
 
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dims", type=int, default=64, help="whitened feature dimensions (default 64)")
     ap.add_argument("--quantile", type=float, default=0.99, help="val-cell quantile of the unfamiliar threshold")
     ap.add_argument("--split", default="val", help="split of the training sources to fit on (default val)")
+    ap.add_argument("--cell-set-splits", nargs="+", default=["train", "val"],
+                    help="splits of the labelled cell sets (BCCD, TXL-PBC crops: few cells) to fit on")
     args = ap.parse_args(argv)
 
     weights = Path(args.weights)
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from classification.classifier import Classifier
-    from classification.data import harmonized_array, load_samples
+    from classification.data import harmonized_array, load_samples, source_of
     from classification.ood import fit_ood
     from classification.taxonomies import label_sets
     from classification.train import train_labels
@@ -52,13 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     clf = Classifier(weights)
     tcfg = clf.meta.get("training", {}).get("config", {}).get("train", {})
     task = clf.task
-    samples = load_samples(task, args.split, tcfg.get("sources"), tcfg.get("cell_sets"))
+    samples = load_samples(task, args.split, tcfg.get("sources"))
+    for split in args.cell_set_splits:  # the labelled cell sets are small: their train cells too
+        samples += load_samples(task, split, [], tcfg.get("cell_sets")) if tcfg.get("cell_sets") else []
     labels = train_labels(task)
     x = clf.preprocess([read_image(p) for p, _ in samples])
     y = np.array([labels.index(lab) for _, lab in samples])
+    groups = np.array([source_of(p) or "own" for p, _ in samples])
     for source, reference in (tcfg.get("harmonize") or {}).items():
         hx, hy = harmonized_array(samples, labels, clf.input_size, source, reference)
         x, y = np.concatenate([x, clf.prepare_resized(hx)]), np.concatenate([y, hy])
+        groups = np.concatenate([groups, np.full(len(hy), reference)])
     print(f"{len(x)} {args.split} cells of {task} ({len(samples)} + harmonized copies)", flush=True)
     feats = clf.features_prepared(x)
     probs = clf.classify_prepared(x)
@@ -66,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     sets = label_sets(labels, clf.classes)
     cls = np.where(y < len(clf.classes), y, pred)  # coarse labels: the predicted fine class
     keep = (y < len(clf.classes)) | sets[y, pred].astype(bool)  # coarse labels the network got wrong stay out
-    ood = fit_ood(feats[keep], cls[keep], dims=args.dims, quantile=args.quantile)
-    ood["fitted_on"] = {"split": args.split, "sources": tcfg.get("sources"), "cell_sets": tcfg.get("cell_sets"),
+    ood = fit_ood(feats[keep], cls[keep], dims=args.dims, quantile=args.quantile, groups=groups[keep])
+    ood["fitted_on"] = {"split": args.split, "cell_set_splits": args.cell_set_splits, "sources": tcfg.get("sources"),
+                        "cell_sets": tcfg.get("cell_sets"), "means_per": "class and laboratory",
                         "harmonize": tcfg.get("harmonize"), "cells": int(keep.sum()), "quantile": args.quantile,
                         "date": datetime.date.today().isoformat()}
     ck = torch.load(weights, map_location="cpu", weights_only=False)
