@@ -382,7 +382,7 @@ def test_save_cams_writes_maps_gallery_hover_and_needs_torch_weights(tmp_path, t
 
 
 def test_reframe_cells_crops_the_central_leukocyte_at_the_pipeline_margin():
-    """--cells framing: an export that frames its cell tightly is re-cropped around the detected leukocyte at
+    """cells_reframe: an export that frames its cell tightly is re-cropped around the detected leukocyte at
     crop_margin (the image's median colour beyond its edge); without a detection the image stays as it is."""
     from detection import Detections
     from pipelines.pipeline import Pipeline
