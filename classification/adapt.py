@@ -55,16 +55,20 @@ def trainable_tail(model, blocks: int):
 
 def fine_tune(model, mean, std, x: np.ndarray, y: np.ndarray, sets: np.ndarray, held_x: np.ndarray,
               held_y: np.ndarray, epochs: int = 40, blocks: int = 2, lr: float = 1e-3, batch: int = 32,
-              patience: int = 8, seed: int = 0, progress=None) -> dict:
+              patience: int = 8, seed: int = 0, progress=None, distill: float = 1.0) -> dict:
     """Fine-tune ``model`` in place on uint8 NHWC crops ``x`` (prepared at its input size) with label indices ``y``
     into ``sets`` (label -> allowed classes, ``taxonomies.label_sets``); the epoch with the best accuracy on the
     held-back crops (or the last one without any) is kept. ``progress``: a callable ``(epoch, epochs, record)``.
-    Returns the history and the best held-back accuracy."""
+    ``distill``: weight of the learning-without-forgetting term (Li & Hoiem 2016): the KL divergence, at
+    temperature 2, from the starting network's predictions on the same augmented crops, so that classes the lab's
+    labels do not show (blasts, when a lab labels normal cells) keep their evidence. Returns the history and the
+    best held-back accuracy."""
     import torch
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
+    teacher = copy.deepcopy(model).eval() if distill > 0 else None
     params = trainable_tail(model, blocks)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sets_t = torch.from_numpy(np.asarray(sets, np.float32))
@@ -94,7 +98,13 @@ def fine_tune(model, mean, std, x: np.ndarray, y: np.ndarray, sets: np.ndarray, 
             for g in opt.param_groups:
                 g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
             xb = normalize(augment(to_tensor(jpeg_degrade(x[b], 60, rng)), ADAPT_AUG, gen), mean, std)
-            loss = set_loss(model(xb), torch.from_numpy(y[b]), sets_t, 0.05)
+            logits = model(xb)
+            loss = set_loss(logits, torch.from_numpy(y[b]), sets_t, 0.05)
+            if teacher is not None:
+                with torch.no_grad():
+                    soft = torch.softmax(teacher(xb) / 2, 1)
+                loss = loss + distill * 4 * torch.nn.functional.kl_div(torch.log_softmax(logits / 2, 1), soft,
+                                                                       reduction="batchmean")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -22,8 +22,9 @@ def fit_ood(features: np.ndarray, labels: np.ndarray, dims: int = 64, min_per_cl
 
     ``groups`` (N,): each cell's laboratory; then every (class, laboratory) pair gets its own mean, so that a
     training laboratory with few cells (BCCD) is as familiar as the one with many (PBC). Groups with fewer than
-    ``min_per_class`` cells do not get a mean (their cells still shape the covariance through their group mean). The within-class covariance is shrunk towards its mean eigenvalue (``shrinkage``) and
-    whitened on its ``dims`` leading directions. Returns the checkpoint's ``ood`` dict (lists, JSON-able)."""
+    ``min_per_class`` cells do not get a mean (their cells still shape the covariance through their group mean).
+    The within-class covariance is shrunk towards its mean eigenvalue (``shrinkage``) and whitened on its ``dims``
+    leading directions. Returns the checkpoint's ``ood`` dict (lists, JSON-able)."""
     f = np.asarray(features, np.float64)
     y = np.asarray(labels)
     if len(f) < 2 * dims:

@@ -117,13 +117,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="--labels: output folder; otherwise the adapted checkpoint (.pt), "
                                                  "which must differ from --weights")
     ap.add_argument("--alpha", type=float, default=None, help="share of your crops' batch-norm statistics (0-1; "
-                                                               "default 0.5, with --labels 1.0)")
+                                                               "default 0.5; with --labels 0: a few dozen cells of "
+                                                               "a few classes skew them)")
     ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="--labels: pipeline config the written "
                                                                    "pipeline.yaml starts from")
     ap.add_argument("--holdout", type=float, default=0.3, help="--labels: share of each class held back")
     ap.add_argument("--epochs", type=int, default=40, help="--labels: most fine-tuning epochs (early stop)")
     ap.add_argument("--blocks", type=int, default=2, help="--labels: last stages fine-tuned with the head")
-    ap.add_argument("--lr", type=float, default=1e-3, help="--labels: peak learning rate")
+    ap.add_argument("--lr", type=float, default=3e-4, help="--labels: peak learning rate (1e-3 fitted BCCD better "
+                                                            "but forgot PBC and blasts)")
+    ap.add_argument("--distill", type=float, default=1.0, help="--labels: weight of keeping the shipped network's "
+                                                                 "answers on your cells (learning without "
+                                                                 "forgetting; 0 = off)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--labels-det", nargs="+", default=["WBC"], dest="det_labels",
                     help="--run: detector labels to crop (default WBC)")
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         return err(f"weights not found: {weights}")
     if weights.suffix.lower() == ".onnx":
         return err(f"{weights}: give the .pt checkpoint (export the adapted one with tools/export_onnx.py)")
-    alpha = args.alpha if args.alpha is not None else (1.0 if args.labels else 0.5)
+    alpha = args.alpha if args.alpha is not None else (0.0 if args.labels else 0.5)
     if not 0.0 <= alpha <= 1.0:
         return err(f"--alpha must be in [0, 1], not {alpha}")
     if args.labels:
@@ -246,7 +251,7 @@ def adapt_with_labels(args, weights: Path, out: Path, alpha: float, err) -> int:
         bar.set_postfix(loss=rec["loss"], held=rec["held_accuracy"])
 
     res = fine_tune(clf.model, mean, std, x[tr], y[tr], sets, x[held], y[held], epochs=args.epochs,
-                    blocks=args.blocks, lr=args.lr, seed=args.seed, progress=progress)
+                    blocks=args.blocks, lr=args.lr, seed=args.seed, progress=progress, distill=args.distill)
     bar.close()
     after = accuracy_by_label(held)
     meta = dict(clf.meta)
@@ -258,6 +263,7 @@ def adapt_with_labels(args, weights: Path, out: Path, alpha: float, err) -> int:
     meta["adaptation"] = {"method": "AdaBN + fine-tuning of the last stages on labelled cells", "alpha": alpha,
                           "bn_shift": shift, "labels_csv": str(Path(args.labels).resolve()), "cells": len(images),
                           "train": int(len(tr)), "held_back": int(len(held)), "blocks": args.blocks,
+                          "distill": args.distill, "lr": args.lr,
                           "epochs_run": len(res["history"]), "from_weights": weights.name,
                           "held_back_before": before, "held_back_after_adabn": after_bn,
                           "held_back_after": after, "history": res["history"],

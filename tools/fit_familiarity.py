@@ -8,8 +8,8 @@ laboratories it was trained on, and store it in the checkpoint:
 The cells are the checkpoint's own training laboratories: the val split of its ``train.sources`` (with the
 harmonized copies it was selected on) and the train + val splits of its ``cell_sets`` (few cells each); one mean
 per class and laboratory, with the true class, or for coarse labels (BCCD's ``neutrophil``, TXL-PBC's
-``mature_leukocyte``) the predicted one. ``--cells CSV`` adds a labels.csv of more in-distribution cells (``path,label``).
-The threshold above which a cell is ``unfamiliar`` is the ``--quantile`` of the val cells' scores.
+``mature_leukocyte``) the predicted one. The threshold above which a cell is ``unfamiliar`` is the ``--quantile``
+of the val cells' scores.
 """
 
 from __future__ import annotations
