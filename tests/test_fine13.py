@@ -317,7 +317,8 @@ def test_adapt_with_labels_writes_a_runnable_pipeline(tmp_path, tiny_models):
                 wr.writerow([f"{lab}_{i}.png", lab])
     out = tmp_path / "adapted"
     assert main(["--labels", str(d / "labels.csv"), "--weights", str(w), "--out", str(out), "--config",
-                 str(cfg_dir / "pipe.yaml"), "--epochs", "15", "--blocks", "2", "--lr", "0.01", "--distill", "0"]) == 0
+                 str(cfg_dir / "pipe.yaml"), "--epochs", "15", "--blocks", "2", "--lr", "0.01", "--distill", "0",
+                 "--alpha", "1"]) == 0  # an untrained network: its batch norms need the cells' statistics
     ad = Classifier(out / "classifier.pt")
     a = ad.meta["adaptation"]
     assert a["held_back"] == 12 and a["train"] == 30 and a["held_back_after"]["accuracy"] >= 0.9
