@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from core.config import REPO_ROOT
+from core.offline import set_offline
 from pipelines.inputs import FieldInput
 from pipelines.pipeline import Pipeline, load_pipeline_config
 from pipelines.results import field_from_dict, to_json
@@ -40,8 +41,6 @@ class PipelineActor:
     and the pickled crops per field out."""
 
     def __init__(self, config: str, device: str, half: bool, opts: RunOptions):
-        from core.offline import set_offline
-
         set_offline()
         self.pipeline = Pipeline(load_pipeline_config(config), device=device, half=half, log=lambda m: None)
         self.opts = opts

@@ -135,8 +135,11 @@ def test_app_serves_dataset_in_headless_chromium(review_run, tmp_path):
                             "--dump-dom", url], capture_output=True, text=True, timeout=180)
         dom = r.stdout
         assert "t_app" in dom, dom[-2000:]
-        # the grid's sample count, as the app renders it
-        assert "7 samples" in dom or ">7<" in dom or "7 </" in dom, dom[-3000:]
+        # the app opens on the review view: one patch per classified leukocyte, as the grid's count renders it
+        recs = [json.loads(x) for x in (review_run["run"] / "fields.jsonl").read_text().splitlines()]
+        n_leuko = sum(1 for x in recs for c in x["cells"] if c.get("classes"))
+        assert n_leuko > 0 and "review_leukocytes" in dom
+        assert f'data-cy="entry-count-all">{n_leuko}</span> patches' in dom, dom[-3000:]
         subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                         f"--user-data-dir={tmp_path / 'chrome2'}", "--window-size=1400,900",
                         "--virtual-time-budget=25000", f"--screenshot={shot}", url], capture_output=True, timeout=180)
