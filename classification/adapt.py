@@ -58,7 +58,7 @@ def fine_tune(model, mean, std, x: np.ndarray, y: np.ndarray, sets: np.ndarray, 
               patience: int = 8, seed: int = 0, progress=None, distill: float = 1.0) -> dict:
     """Fine-tune ``model`` in place on uint8 NHWC crops ``x`` (prepared at its input size) with label indices ``y``
     into ``sets`` (label -> allowed classes, ``taxonomies.label_sets``); the epoch with the best accuracy on the
-    held-back crops (or the last one without any) is kept. ``progress``: a callable ``(epoch, epochs, record)``.
+    held-back crops, ties broken by their likelihood (or the last one without held-back crops), is kept. ``progress``: a callable ``(epoch, epochs, record)``.
     ``distill``: weight of the learning-without-forgetting term (Li & Hoiem 2016): the KL divergence, at
     temperature 2, from the starting network's predictions on the same augmented crops, so that classes the lab's
     labels do not show (blasts, when a lab labels normal cells) keep their evidence. Returns the history and the
@@ -75,16 +75,21 @@ def fine_tune(model, mean, std, x: np.ndarray, y: np.ndarray, sets: np.ndarray, 
     steps = max(1, math.ceil(len(x) / batch))
     total = epochs * steps
 
-    def held_acc() -> float | None:
+    def held_score() -> tuple[float, float] | None:
+        """(accuracy, -NLL of the allowed classes) on the held-back crops: a few dozen cells move the accuracy in
+        coarse steps, so the likelihood breaks its ties."""
         if not len(held_x):
             return None
         model.eval()
         with torch.inference_mode():
-            pred = np.concatenate([model(normalize(to_tensor(held_x[i:i + 128]), mean, std)).argmax(1).numpy()
-                                   for i in range(0, len(held_x), 128)])
-        return float(np.asarray(sets)[held_y, pred].mean())
+            logits = torch.cat([model(normalize(to_tensor(held_x[i:i + 128]), mean, std))
+                                for i in range(0, len(held_x), 128)])
+        allowed = sets_t[torch.from_numpy(held_y)]
+        right = allowed.gather(1, logits.argmax(1, keepdim=True)).squeeze(1)
+        nll = -torch.log((torch.softmax(logits, 1) * allowed).sum(1).clamp_min(1e-8)).mean()
+        return float(right.mean()), -float(nll)
 
-    best, best_state, stale, history, step = held_acc(), copy.deepcopy(model.state_dict()), 0, [], 0
+    best, best_state, stale, history, step = held_score(), copy.deepcopy(model.state_dict()), 0, [], 0
     start = best
     for epoch in range(epochs):
         model.train()
@@ -110,14 +115,15 @@ def fine_tune(model, mean, std, x: np.ndarray, y: np.ndarray, sets: np.ndarray, 
             opt.step()
             tot += float(loss.detach())
             step += 1
-        acc = held_acc()
+        score = held_score()
         rec = {"epoch": epoch + 1, "loss": round(tot / steps, 4),
-               "held_accuracy": None if acc is None else round(acc, 4)}
+               "held_accuracy": None if score is None else round(score[0], 4),
+               "held_nll": None if score is None else round(-score[1], 4)}
         history.append(rec)
         if progress:
             progress(epoch + 1, epochs, rec)
-        if acc is None or best is None or acc > best:
-            best, best_state, stale = acc, copy.deepcopy(model.state_dict()), 0
+        if score is None or best is None or score > best:
+            best, best_state, stale = score, copy.deepcopy(model.state_dict()), 0
         else:
             stale += 1
             if stale >= patience:
@@ -126,7 +132,8 @@ def fine_tune(model, mean, std, x: np.ndarray, y: np.ndarray, sets: np.ndarray, 
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
-    return {"history": history, "held_accuracy_before_fine_tuning": start, "held_accuracy": best}
+    return {"history": history, "held_accuracy_before_fine_tuning": None if start is None else start[0],
+            "held_accuracy": None if best is None else best[0]}
 
 
 def lab_class_means(features: np.ndarray, classes_idx: np.ndarray, min_cells: int = 2) -> list[list[float]]:

@@ -223,6 +223,26 @@ def test_ood_score_is_about_one_in_distribution_and_high_outside():
     assert len(per_lab["means"]) == 8
 
 
+def test_familiarity_fit_keeps_coarse_labels_the_network_agrees_with_and_one_mean_per_lab():
+    from types import SimpleNamespace
+
+    from classification.familiarity import fit_familiarity
+    from classification.train import train_labels
+
+    labels = train_labels("fine13")
+    rng = np.random.default_rng(1)
+    fine = [FINE.index("lymphocyte"), FINE.index("monocyte")]
+    y = np.array(fine * 100 + [labels.index("neutrophil")] * 40)  # 40 BCCD cells with a coarse label
+    groups = np.array(["pbc"] * 200 + ["bccd"] * 40)
+    pred = np.array(fine * 100 + [FINE.index("segmented_neutrophil")] * 30 + [FINE.index("blast")] * 10)
+    probs = np.eye(len(FINE))[pred]
+    feats = rng.normal(0, 1, (240, 24)) + 3 * np.eye(len(FINE), 24)[pred]
+    ood = fit_familiarity(SimpleNamespace(task="fine13", classes=FINE), feats, probs, y, groups, dims=8)
+    # the 10 "neutrophils" the network calls blast stay out; the 30 agreeing ones get a (class, lab) mean
+    assert ood["fitted_on"]["cells"] == 230 and ood["fitted_on"]["laboratories"] == ["bccd", "pbc"]
+    assert len(ood["means"]) == 3
+
+
 def test_ood_travels_in_checkpoint_and_onnx_export(tmp_path):
     import torch
 

@@ -15,7 +15,6 @@ of the val cells' scores.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 from pathlib import Path
@@ -42,42 +41,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --quantile must be in (0.5, 1), not {args.quantile}", file=sys.stderr)
         return 2
 
-    import numpy as np
     import torch
 
     from classification.classifier import Classifier
-    from classification.data import harmonized_array, load_samples, source_of
-    from classification.ood import fit_ood
-    from classification.taxonomies import label_sets
-    from classification.train import train_labels
-    from core.io import read_image
+    from classification.familiarity import fit_cells, fit_familiarity
 
     clf = Classifier(weights)
     tcfg = clf.meta.get("training", {}).get("config", {}).get("train", {})
-    task = clf.task
-    samples = load_samples(task, args.split, tcfg.get("sources"))
-    for split in args.cell_set_splits:  # the labelled cell sets are small: their train cells too
-        samples += load_samples(task, split, [], tcfg.get("cell_sets")) if tcfg.get("cell_sets") else []
-    labels = train_labels(task)
-    x = clf.preprocess([read_image(p) for p, _ in samples])
-    y = np.array([labels.index(lab) for _, lab in samples])
-    groups = np.array([source_of(p) or "own" for p, _ in samples])
-    for source, reference in (tcfg.get("harmonize") or {}).items():
-        hx, hy = harmonized_array(samples, labels, clf.input_size, source, reference)
-        x, y = np.concatenate([x, clf.prepare_resized(hx)]), np.concatenate([y, hy])
-        groups = np.concatenate([groups, np.full(len(hy), reference)])
-    print(f"{len(x)} {args.split} cells of {task} ({len(samples)} + harmonized copies)", flush=True)
-    feats = clf.features_prepared(x)
-    probs = clf.classify_prepared(x)
-    pred = probs.argmax(1)
-    sets = label_sets(labels, clf.classes)
-    cls = np.where(y < len(clf.classes), y, pred)  # coarse labels: the predicted fine class
-    keep = (y < len(clf.classes)) | sets[y, pred].astype(bool)  # coarse labels the network got wrong stay out
-    ood = fit_ood(feats[keep], cls[keep], dims=args.dims, quantile=args.quantile, groups=groups[keep])
-    ood["fitted_on"] = {"split": args.split, "cell_set_splits": args.cell_set_splits, "sources": tcfg.get("sources"),
-                        "cell_sets": tcfg.get("cell_sets"), "means_per": "class and laboratory",
-                        "harmonize": tcfg.get("harmonize"), "cells": int(keep.sum()), "quantile": args.quantile,
-                        "date": datetime.date.today().isoformat()}
+    cells = fit_cells(clf, args.split, tuple(args.cell_set_splits))
+    print(f"{len(cells['x'])} {args.split} cells of {clf.task} ({cells['n_samples']} + harmonized copies)", flush=True)
+    feats = clf.features_prepared(cells["x"])
+    probs = clf.classify_prepared(cells["x"])
+    ood = fit_familiarity(clf, feats, probs, cells["y"], cells["groups"], dims=args.dims, quantile=args.quantile)
+    ood["fitted_on"].update({"split": args.split, "cell_set_splits": args.cell_set_splits,
+                             "sources": tcfg.get("sources"), "cell_sets": tcfg.get("cell_sets"),
+                             "harmonize": tcfg.get("harmonize")})
     ck = torch.load(weights, map_location="cpu", weights_only=False)
     ck["ood"] = ood
     out = Path(args.out or weights)
