@@ -137,6 +137,9 @@ def run_once(out: Path, argv: list[str]) -> int:
         rc = infer_main(argv + ["--out", str(out), "--no-progress"])
         if rc not in (0, 1):
             return rc
+    else:  # said, so that figures of an older model or config are never taken for new ones
+        print(f"note: reusing the finished run in {out} (delete it, or give another folder, to run the pipeline "
+              "again)", file=sys.stderr)
     failed, total, first = 0, 0, None
     for rec in read_records(jsonl):
         total += 1

@@ -114,7 +114,11 @@ def test_unanalysable_fields_are_not_counted_and_flagged():
     cell = {"label": "blast", "det_label": "WBC", "classes": {"pbc8": {}}}
     t.add({"error": None, "cells": [cell], "warnings": ["1 leukocyte box(es) 9.0 red-cell diameters wide"]}, {"WBC"})
     t.add({"error": None, "cells": [{**cell, "label": "lymphocyte"}]}, {"WBC"})
+    t.add({"error": None, "cells": [cell], "warnings": ["2 leukocyte box(es) 11.5 red-cell diameters wide"]}, {"WBC"})
+    t.add({"error": None, "cells": [cell], "warnings": ["leukocyte boxes cover 71% of the field"]}, {"WBC"})
     rep = smear_report(t, validate({}, DIFFERENTIAL_SCHEMA, "t"))
-    assert rep["fields_unanalysable"] == 1 and rep["fields_used"] == 1 and rep["leukocytes_counted"] == 1
+    assert rep["fields_unanalysable"] == 3 and rep["fields_used"] == 1 and rep["leukocytes_counted"] == 1
     flags = {f["flag"]: f["detail"] for f in rep["flags"]}
     assert "blasts_present" not in flags and "red-cell diameters" in flags["unanalysable"]
+    # one example per kind of reason: the second "diameters" field does not repeat it, the other kind is named
+    assert flags["unanalysable"].count("diameters") == 1 and "cover 71%" in flags["unanalysable"]

@@ -291,6 +291,10 @@ def test_domain_shift_flag_from_familiarity():
     assert flag and "not reliable" in flag[0]["detail"] and "adapt_classifier.py --labels" in flag[0]["detail"]
     assert bad["unfamiliar"] == 3 and bad["leukocytes_counted"] == 1  # unfamiliar cells are not counted
     assert smear([5.0, 5.0], ["unfamiliar"] * 2)["familiarity"]["cells"] == 2
+    # familiar cell by cell (all under the unfamiliar threshold), unlike the training labs as a whole: the median
+    mid = smear([1.6, 1.7, 1.55, 1.8], ["lymphocyte"] * 4)
+    detail = [f["detail"] for f in mid["flags"] if f["flag"] == "domain_shift"]
+    assert detail and "median familiarity score 1.65 > 1.5" in detail[0]
     assert "domain_shift" not in [f["flag"] for f in smear([5.0, 5.0], ["unfamiliar"] * 2)["flags"]]  # too few
 
 
