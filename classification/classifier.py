@@ -27,9 +27,6 @@ def check_classifier_config(cfg: dict, where: str = "classifier config") -> dict
         raise ConfigError(f"{where}: unknown task '{cfg['task']}'; valid: {sorted(TAXONOMIES)}")
     if cfg["arch"] not in BACKBONES:
         raise ConfigError(f"{where}: unknown arch '{cfg['arch']}'; valid: {sorted(BACKBONES)}")
-    if not 0.0 <= cfg["min_confidence"] <= 1.0:
-        raise ConfigError(f"{where}: min_confidence must be in [0, 1]")
-    check_tta(cfg["tta"], cfg["tta_below"], where)
     validate(cfg["train"], TRAIN_SCHEMA, f"{where}: train")
     return cfg
 

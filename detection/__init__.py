@@ -28,11 +28,11 @@ DETECTOR_SCHEMA = {
     "imgsz": Field(int, 416, "network input size (longest side of the letterbox for YOLO, resize for SSD300)"),
     "rect": Field(bool, False, "yolo / onnx: letterbox a batch to the smallest multiple of 32 that holds its images "
                                "at imgsz (320x256 for 732x574 fields) instead of a square; same scale, less padding"),
-    "conf": Field(float, 0.25, "minimum score kept"),
-    "iou": Field(float, 0.5, "NMS IoU threshold"),
-    "max_det": Field(int, 300, "maximum detections per image"),
-    "smin": Field(float, 0.2, "ssd300: smallest default-box scale (Wang et al.: 0.2)"),
-    "smax": Field(float, 0.9, "ssd300: largest default-box scale (Wang et al.: 0.9)"),
+    "conf": Field(float, 0.25, "minimum score kept", min=0.0, max=1.0),
+    "iou": Field(float, 0.5, "NMS IoU threshold", min=0.0, max=1.0),
+    "max_det": Field(int, 300, "maximum detections per image", min=1),
+    "smin": Field(float, 0.2, "ssd300: smallest default-box scale (Wang et al.: 0.2)", min=0.0, max=1.0),
+    "smax": Field(float, 0.9, "ssd300: largest default-box scale (Wang et al.: 0.9)", min=0.0, max=1.0),
     "pretrained": Field(str, None, "opt-in pretrained checkpoint path/name for users online; never the default"),
     "half": Field(bool, False, "fp16 inference on CUDA"),
     "auto_scale": Field(bool, False, "yolo / onnx: detect a field again at a larger input size when its cells are "
@@ -42,7 +42,8 @@ DETECTOR_SCHEMA = {
     "scale_below_px": Field(float, 40.0, "auto_scale: detect again when that median size on the input is below this"),
     "scale_target_px": Field(float, 52.0, "auto_scale: ... at the input size that brings it to this (red cells of "
                                           "the training fields at 320 px: median 51.5 px BCCD, 70 TXL-PBC)"),
-    "scale_min_boxes": Field(int, 3, "auto_scale: boxes (score >= 0.4) needed to measure; fewer: keep the first pass"),
+    "scale_min_boxes": Field(int, 3, "auto_scale: boxes (score >= 0.4) needed to measure; fewer: keep the first pass",
+                             min=1),
     "max_imgsz": Field(int, 640, "auto_scale: largest input size"),
     "field_checks": Field(bool, True, "warn about fields whose detections cannot be trusted (field_warnings: cells "
                                       "too small, implausible leukocyte boxes); their cells are then not counted"),

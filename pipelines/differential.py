@@ -26,11 +26,13 @@ from core.config import ConfigError, Field
 
 DIFFERENTIAL_SCHEMA = {
     "ci_method": Field(str, "wilson", "95% CI of proportions: wilson | clopper-pearson"),
-    "min_leukocytes": Field(int, 200, "flag counts below this (CLSI H20 reference count)"),
-    "ig_threshold": Field(float, 0.02, "flag immature granulocytes above this share of leukocytes"),
-    "unidentified_threshold": Field(float, 0.10, "flag when this share of classified cells is unidentified"),
-    "prognosis_threshold": Field(float, 0.02, "COVID-19 RL share of lymphoid cells for a positive smear (study: 2%)"),
-    "prognosis_min_lymphoid": Field(int, 20, "fewer lymphoid cells analysed: prognosis indeterminate"),
+    "min_leukocytes": Field(int, 200, "flag counts below this (CLSI H20 reference count)", min=1),
+    "ig_threshold": Field(float, 0.02, "flag immature granulocytes above this share of leukocytes", min=0.0, max=1.0),
+    "unidentified_threshold": Field(float, 0.10, "flag when this share of classified cells is unidentified", min=0.0,
+                                    max=1.0),
+    "prognosis_threshold": Field(float, 0.02, "COVID-19 RL share of lymphoid cells for a positive smear (study: 2%)",
+                                 min=0.0, max=1.0),
+    "prognosis_min_lymphoid": Field(int, 20, "fewer lymphoid cells analysed: prognosis indeterminate", min=0),
     "prognosis_use_ci": Field(bool, True, "indeterminate when the 95% CI of k/n straddles the threshold"),
     "leukocyte_labels": Field(list, ["WBC"], "detector labels counted as leukocytes when classified"),
     # 1.5: the operating point of tools/eval_guard.py (docs/RESULTS.md): pseudo-smears of 20 held-out PBC / lmu_aml

@@ -172,7 +172,7 @@ def test_pipeline_stage_sets_tta(tmp_path):
     assert all(st["cfg"]["tta"] == 1 for st in default["classifiers"])
     text = (ROOT / "configs" / "pipeline" / "accurate.yaml").read_text().replace("tta: 8", "tta: 3", 1)
     (tmp_path / "bad.yaml").write_text(text)
-    with pytest.raises(ConfigError, match="tta must be one of"):
+    with pytest.raises(ConfigError, match="'tta' must be one of"):
         load_pipeline_config(tmp_path / "bad.yaml")
 
 

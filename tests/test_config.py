@@ -1,0 +1,36 @@
+"""Configs are checked once, fully, against their schemas: types, choices, ranges, the closest key for a typo."""
+
+import pytest
+
+from conftest import ROOT
+from core.config import ConfigError, Field, validate
+
+
+def test_field_choices_ranges_and_typo_hint():
+    schema = {"mode": Field(str, "a", "what", choices=("a", "b")), "share": Field(float, 0.5, "x", min=0.0, max=1.0),
+              "margin": Field(float, 0.75, "y", min=0.0)}
+    assert validate({"mode": "b"}, schema, "t") == {"mode": "b", "share": 0.5, "margin": 0.75}
+    with pytest.raises(ConfigError, match=r"'mode' must be one of \['a', 'b'\], not 'c'"):
+        validate({"mode": "c"}, schema, "t")
+    with pytest.raises(ConfigError, match=r"'share' must be in \[0.0, 1.0\], not 1.5"):
+        validate({"share": 1.5}, schema, "t")
+    with pytest.raises(ConfigError, match=r"'margin' must be in \[0.0, inf\]"):
+        validate({"margin": -3}, schema, "t")
+    with pytest.raises(ConfigError, match="did you mean 'margin'"):
+        validate({"margn": 1.0}, schema, "t")
+
+
+@pytest.mark.parametrize("line,new,match", [
+    ("crop_margin: 0.75", "crop_margin: -3", "'crop_margin' must be in"),
+    ("min_leukocytes: 200", "min_leukocytes: 0", "'min_leukocytes' must be in"),
+    ("prognosis_threshold: 0.02", "prognosis_threshold: 2", "'prognosis_threshold' must be in"),
+    ("crop_margin: 0.75", "crop_margn: 0.75", "did you mean 'crop_margin'"),
+])
+def test_pipeline_config_refuses_out_of_range_values(tmp_path, line, new, match):
+    from pipelines.pipeline import load_pipeline_config
+
+    text = (ROOT / "configs" / "pipeline" / "default.yaml").read_text()
+    assert line in text
+    (tmp_path / "bad.yaml").write_text(text.replace(line, new, 1))
+    with pytest.raises(ConfigError, match=match):
+        load_pipeline_config(tmp_path / "bad.yaml")
