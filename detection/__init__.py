@@ -166,8 +166,8 @@ class AutoScaleDetector:
     red cells to measure (at a quarter of the training magnification they are ~13 px and mostly missed) is probed
     at ``max_imgsz``: if its red cells measure there and are small, the field is detected at the size that
     measurement gives (the probe itself when that is ``max_imgsz``); otherwise the first pass stands. Fields at the
-    training magnification cost nothing extra; at half magnification platelets come back (README, other
-    laboratories)."""
+    training magnification cost nothing extra; at half magnification platelets come back (docs/RESULTS.md,
+    detector on other laboratories' fields)."""
 
     def __init__(self, inner, cfg: dict):
         self.inner, self.cfg, self.classes = inner, cfg, inner.classes

@@ -36,7 +36,7 @@ DIFFERENTIAL_SCHEMA = {
     "prognosis_use_ci": Field(bool, True, "indeterminate when the 95% CI of k/n straddles the threshold"),
     "leukocyte_labels": Field(list, ["WBC"], "detector labels counted as leukocytes when classified"),
     # 1.5: the operating point of tools/eval_guard.py (docs/RESULTS.md): pseudo-smears of 20 held-out PBC / lmu_aml
-    # cells flagged 0% / 0.6%, BCCD test 67% (the rule "right or flagged" kept in 86% against 57% at 2.0)
+    # cells flagged 0% / 0.6%, those of a laboratory left out of the score's fit 100% (BCCD, TXL-PBC)
     "domain_shift_median_ood": Field(float, 1.5, "domain_shift flag when the median familiarity score (ood) of the "
                                                  "smear's scored cells is above this", min=0.0),
     "domain_shift_unfamiliar_share": Field(float, 0.3, "... or when this share of its scored cells is unfamiliar",

@@ -1,6 +1,6 @@
 """The shipped default models on a few real images (../shared/data; skipped without it): they load from the
 default config, find the leukocytes of real fields and classify real cells far above chance. The full figures are
-in the README and model cards, measured by the evaluation tools."""
+in docs/RESULTS.md and the model cards, measured by the evaluation tools."""
 
 import numpy as np
 import pytest
