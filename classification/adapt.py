@@ -58,11 +58,11 @@ def fine_tune(model, mean, std, x: np.ndarray, y: np.ndarray, sets: np.ndarray, 
               patience: int = 8, seed: int = 0, progress=None, distill: float = 1.0) -> dict:
     """Fine-tune ``model`` in place on uint8 NHWC crops ``x`` (prepared at its input size) with label indices ``y``
     into ``sets`` (label -> allowed classes, ``taxonomies.label_sets``); the epoch with the best accuracy on the
-    held-back crops, ties broken by their likelihood (or the last one without held-back crops), is kept. ``progress``: a callable ``(epoch, epochs, record)``.
-    ``distill``: weight of the learning-without-forgetting term (Li & Hoiem 2016): the KL divergence, at
-    temperature 2, from the starting network's predictions on the same augmented crops, so that classes the lab's
-    labels do not show (blasts, when a lab labels normal cells) keep their evidence. Returns the history and the
-    best held-back accuracy."""
+    held-back crops, ties broken by their likelihood (or the last one without held-back crops), is kept.
+    ``progress``: a callable ``(epoch, epochs, record)``. ``distill``: weight of the learning-without-forgetting
+    term (Li & Hoiem 2016): the KL divergence, at temperature 2, from the starting network's predictions on the same
+    augmented crops, so that classes the lab's labels do not show (blasts, when a lab labels normal cells) keep
+    their evidence. Returns the history and the best held-back accuracy."""
     import torch
 
     torch.manual_seed(seed)

@@ -178,8 +178,9 @@ def test_ground_truth_found_under_a_dataset_root_or_refused(tmp_path):
 
     (tmp_path / "Annotations").mkdir()
     (tmp_path / "Annotations" / "f1.xml").write_text(
-        "<annotation><filename>f1.jpg</filename><size><width>10</width><height>10</height></size><object><name>WBC</name><bndbox><xmin>1</xmin>"
-        "<ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox></object></annotation>")
+        "<annotation><filename>f1.jpg</filename><size><width>10</width><height>10</height></size>"
+        "<object><name>WBC</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox></object>"
+        "</annotation>")
     assert list(read_ground_truth(tmp_path, "voc", ["WBC"])) == ["f1"]  # the root, as users give it
     (tmp_path / "labels" / "test").mkdir(parents=True)
     (tmp_path / "labels" / "test" / "f2.txt").write_text("0 0.5 0.5 0.2 0.2\n")
