@@ -43,6 +43,16 @@ def load_label_csv(path, split: str | None = None) -> list[tuple[Path, str]]:
             if r["label"].strip() and (split is None or r.get("split") == split)]
 
 
+def missing_cell_sets(root, names: tuple[str, ...] = ("bccd", "txl_pbc")) -> str | None:
+    """What to run when one of the cell sets ``root/<name>/labels.csv`` (``tools/prepare_cells.py``) is missing;
+    None when all are there."""
+    for name in names:
+        if not (Path(root) / name / "labels.csv").exists():
+            return (f"{Path(root) / name / 'labels.csv'} missing; run tools/prepare_cells.py --dataset {name} --out "
+                    f"{Path(root) / name}")
+    return None
+
+
 def load_samples(task: str, split: str, sources: list[str] | None = None,
                  cell_sets: dict[str, str] | None = None) -> list[tuple[Path, str]]:
     """Samples ``(image path, class name)`` of ``task`` in ``split`` (train / val / test).

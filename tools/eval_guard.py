@@ -59,16 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from classification.classifier import Classifier
+    from classification.data import missing_cell_sets
     from classification.familiarity import fit_cells, fit_familiarity
     from classification.ood import ood_scores
     from pipelines.pipeline import Pipeline, load_pipeline_config
 
     cells = Path(args.cells)
-    for name in ("bccd", "txl_pbc"):
-        if not (cells / name / "labels.csv").exists():
-            print(f"error: {cells / name / 'labels.csv'} missing; run tools/prepare_cells.py --dataset {name} --out "
-                  f"{cells / name}", file=sys.stderr)
-            return 2
+    missing = missing_cell_sets(cells)
+    if missing:
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
     if args.smear_size < 2 or args.draws < 1:
         print("error: --smear-size must be >= 2 and --draws >= 1", file=sys.stderr)
         return 2

@@ -45,15 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="at most N cells per set (smoke runs)")
     args = ap.parse_args(argv)
 
+    from classification.data import missing_cell_sets
     from core.io import read_image
     from pipelines.pipeline import Pipeline, load_pipeline_config
 
     cells = Path(args.cells)
-    for name in ("bccd", "txl_pbc"):
-        if not (cells / name / "labels.csv").exists():
-            print(f"error: {cells / name / 'labels.csv'} missing; run tools/prepare_cells.py --dataset {name} --out "
-                  f"{cells / name}", file=sys.stderr)
-            return 2
+    missing = missing_cell_sets(cells)
+    if missing:
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
     sets = lab_sets(cells, args.limit)
     images = {k: [read_image(p) for p, _ in v] for k, v in sets.items()}
     print("cells: " + ", ".join(f"{k} {len(v)}" for k, v in sets.items()), flush=True)
