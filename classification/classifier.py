@@ -204,16 +204,21 @@ class Classifier(_CropClassifier):
         the classes are read from (for embeddings maps and the familiarity score)."""
         return self.features_prepared(self.preprocess(crops))
 
-    def features_prepared(self, x: np.ndarray) -> np.ndarray:
-        """``features`` of crops already prepared at the input size (uint8 NHWC)."""
+    def features_prepared(self, x: np.ndarray, with_probs: bool = False):
+        """``features`` of crops already prepared at the input size (uint8 NHWC). ``with_probs``: returns
+        ``(features, probabilities)``, the probabilities (one view, temperature-scaled) from the same forward pass."""
         import torch
 
-
-        out = []
+        feats, probs = [], []
         with torch.inference_mode():
             for i in range(0, len(x), self.batch):
-                out.append(features_and_logits(self.model, self._tensor(x[i:i + self.batch]))[0].float().cpu())
-        return torch.cat(out).flatten(1).numpy() if out else np.zeros((0, 0), np.float32)
+                f, logits = features_and_logits(self.model, self._tensor(x[i:i + self.batch]))
+                feats.append(f.float().cpu())
+                probs.append(torch.softmax(logits.float() / self.temperature, 1).cpu())
+        f = torch.cat(feats).flatten(1).numpy() if feats else np.zeros((0, 0), np.float32)
+        if not with_probs:
+            return f
+        return f, (torch.cat(probs).numpy() if probs else np.zeros((0, len(self.classes)), np.float32))
 
     def _tensor(self, x: np.ndarray):
         import torch

@@ -100,7 +100,8 @@ class SmearTally:
     unfamiliar: int = 0
     ood: list[float] = field(default_factory=list)  # familiarity scores of the smear's classified leukocyte boxes
     fields_unanalysable: int = 0  # fields with detector warnings (FieldResult.warnings): cells not counted
-    unanalysable_reasons: list[str] = field(default_factory=list)
+    unanalysable_reasons: list[str] = field(default_factory=list)  # one example per kind of reason
+    unanalysable_kinds: set[str] = field(default_factory=set)  # those kinds (digits masked)
     fields_rescaled: int = 0  # fields the detector's auto_scale detected again at a larger input size
     rescaled_max: int = 0
 
@@ -114,8 +115,8 @@ class SmearTally:
         if rec.get("warnings"):  # the detector cannot read this field: its cells are not counted
             self.fields_unanalysable += 1
             kind = re.sub(r"\d+", "#", rec["warnings"][0])  # one example per kind of reason, not per percentage
-            if len(self.unanalysable_reasons) < 5 and kind not in {re.sub(r"\d+", "#", r)
-                                                                   for r in self.unanalysable_reasons}:
+            if len(self.unanalysable_reasons) < 5 and kind not in self.unanalysable_kinds:
+                self.unanalysable_kinds.add(kind)
                 self.unanalysable_reasons.append(rec["warnings"][0])
             return
         self.fields_used += 1

@@ -255,8 +255,8 @@ def adapt_with_labels(args, weights: Path, out: Path, alpha: float, err) -> int:
     after = accuracy_by_label(held)
     meta = dict(clf.meta)
     if meta.get("ood"):  # the lab's cells become familiar: its class means join the training labs'
-        feats = clf.features_prepared(x)
-        pred = clf.classify_prepared(x).argmax(1)
+        feats, probs = clf.features_prepared(x, with_probs=True)
+        pred = probs.argmax(1)
         fine = np.where(y < len(clf.classes), y, pred)
         meta["ood"] = {**meta["ood"], "means": meta["ood"]["means"] + lab_class_means(feats, fine)}
     meta["adaptation"] = {"method": "AdaBN + fine-tuning of the last stages on labelled cells", "alpha": alpha,

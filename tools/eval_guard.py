@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     clf = Classifier(args.weights)
     fit = fit_cells(clf)
-    fit_feats, fit_probs = clf.features_prepared(fit["x"]), clf.classify_prepared(fit["x"])
+    fit_feats, fit_probs = clf.features_prepared(fit["x"], with_probs=True)
     feats = {k: clf.features(s["crops"]) for k, s in sets.items()}
     for lab, name in (("bccd", "bccd_test"), ("txl_pbc", "txl_test")):
         keep = fit["groups"] != lab

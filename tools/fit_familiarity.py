@@ -50,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     tcfg = clf.meta.get("training", {}).get("config", {}).get("train", {})
     cells = fit_cells(clf, args.split, tuple(args.cell_set_splits))
     print(f"{len(cells['x'])} {args.split} cells of {clf.task} ({cells['n_samples']} + harmonized copies)", flush=True)
-    feats = clf.features_prepared(cells["x"])
-    probs = clf.classify_prepared(cells["x"])
+    feats, probs = clf.features_prepared(cells["x"], with_probs=True)
     ood = fit_familiarity(clf, feats, probs, cells["y"], cells["groups"], dims=args.dims, quantile=args.quantile)
     ood["fitted_on"].update({"split": args.split, "cell_set_splits": args.cell_set_splits,
                              "sources": tcfg.get("sources"), "cell_sets": tcfg.get("cell_sets"),
