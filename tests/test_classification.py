@@ -169,7 +169,9 @@ def test_pipeline_stage_sets_tta(tmp_path):
     cfg = load_pipeline_config(ROOT / "configs" / "pipeline" / "accurate.yaml")
     assert [(st["cfg"]["tta"], st["cfg"]["tta_below"]) for st in cfg["classifiers"][:1]] == [(8, 0.9)]
     default = load_pipeline_config(ROOT / "configs" / "pipeline" / "default.yaml")
-    assert all(st["cfg"]["tta"] == 1 for st in default["classifiers"])
+    assert [(st["cfg"]["tta"], st["cfg"]["tta_below"]) for st in default["classifiers"][:1]] == [(4, 0.9)]
+    fast = load_pipeline_config(ROOT / "configs" / "pipeline" / "fast.yaml")
+    assert all(st["cfg"]["tta"] == 1 for st in fast["classifiers"])
     text = (ROOT / "configs" / "pipeline" / "accurate.yaml").read_text().replace("tta: 8", "tta: 3", 1)
     (tmp_path / "bad.yaml").write_text(text)
     with pytest.raises(ConfigError, match="'tta' must be one of"):
