@@ -12,7 +12,7 @@ import numpy as np
 from classification.harmonize import stain_normalize
 from classification.models import BACKBONES, features_and_logits, load_checkpoint
 from classification.ood import ood_head
-from classification.preprocess import TTA_VIEWS, mean_logit_probs, resize_crops, tta_views  # noqa: F401
+from classification.preprocess import TTA_VIEWS, mean_logit_probs, resize_crops, tta_views, white_balance  # noqa: F401
 from classification.schema import CLASSIFIER_SCHEMA, TRAIN_SCHEMA
 from classification.taxonomies import TAXONOMIES, VIEWS, refines
 from core.config import ConfigError, resolve_path, validate
@@ -80,19 +80,33 @@ def fuse_probs(target: np.ndarray, target_classes: list[str], source: np.ndarray
 
 
 def load_classifier(weights, device: str = "cpu", batch: int = 64, half: bool = False, tta: int = 1,
-                    tta_below: float = 1.0):
+                    tta_below: float = 1.0, white_balance=None):
     """A ``Classifier`` (``.pt`` checkpoint) or ``OnnxClassifier`` (``.onnx`` export) for ``weights``; ``tta`` /
-    ``tta_below``: test-time augmentation (see ``_CropClassifier.classify_prepared``)."""
+    ``tta_below``: test-time augmentation (see ``_CropClassifier.classify_prepared``); ``white_balance``: reference
+    background white of the crops (``_CropClassifier.prepare_resized``), None = off."""
     check_tta(tta, tta_below)
+    white_balance = check_white(white_balance)
     path = resolve_path(weights)
     if path is not None and path.suffix.lower() == ".onnx":
         clf = OnnxClassifier(path, device=device, batch=batch)
     else:
         clf = Classifier(path, device=device, batch=batch, half=half)
-    clf.tta, clf.tta_below = tta, tta_below
+    clf.tta, clf.tta_below, clf.white_reference = tta, tta_below, white_balance
     if tta > 1:  # runs record it (fields.jsonl "versions")
         clf.name += f":tta{tta}<{tta_below:g}"
+    if white_balance is not None:
+        clf.name += ":wb" + "/".join(f"{v:g}" for v in white_balance)
     return clf
+
+
+def check_white(white, where: str = "classifier") -> tuple[float, float, float] | None:
+    """A ``white_balance`` setting as an RGB tuple, or None; ``ConfigError`` unless three values in (0, 255]."""
+    if white is None:
+        return None
+    if not isinstance(white, (list, tuple)) or len(white) != 3 or \
+            not all(isinstance(v, (int, float)) and 0 < v <= 255 for v in white):
+        raise ConfigError(f"{where}: white_balance must be [R, G, B] with values in (0, 255], not {white!r}")
+    return tuple(float(v) for v in white)
 
 
 def _normalize_stain(x: np.ndarray, stain: dict | None) -> np.ndarray:
@@ -107,7 +121,8 @@ def preprocess_key(clf) -> tuple:
     """Classifiers with equal keys take the same prepared crops (the pipeline prepares them once; classifiers of the
     same input size share the resize, see ``_CropClassifier.prepare_resized``)."""
     st = getattr(clf, "meta", {}).get("stain_reference")
-    return clf.input_size, None if not st else (tuple(st["lab_mean"]), tuple(st["lab_std"]))
+    return (clf.input_size, None if not st else (tuple(st["lab_mean"]), tuple(st["lab_std"])),
+            getattr(clf, "white_reference", None))
 
 
 class _CropClassifier:
@@ -118,6 +133,7 @@ class _CropClassifier:
     meta: dict
     tta: int = 1  # test-time views, see tta_views
     tta_below: float = 1.0  # extra views only for cells whose single-view top probability is below this
+    white_reference: tuple[float, float, float] | None = None  # background white the crops are balanced to
 
     @property
     def views(self) -> dict[str, list[str]]:
@@ -132,7 +148,10 @@ class _CropClassifier:
         return self.prepare_resized(resize_crops(crops, self.input_size))
 
     def prepare_resized(self, x: np.ndarray) -> np.ndarray:
-        """``preprocess`` for crops already resized to the input size (``resize_crops``): the stain step only."""
+        """``preprocess`` for crops already resized to the input size (``resize_crops``): the white balance (when
+        ``white_reference`` is set) and the stain step."""
+        if self.white_reference is not None and len(x):
+            x = white_balance(x, self.white_reference)
         return _normalize_stain(x, self.meta.get("stain_reference"))
 
     def classify(self, crops: list[np.ndarray]) -> np.ndarray:

@@ -23,6 +23,35 @@ def resize_crops(crops: list[np.ndarray], size: int) -> np.ndarray:
     return out
 
 
+def background_white(x: np.ndarray) -> np.ndarray:
+    """Each crop's background white (N, 3) float: per channel, the 90th percentile of its brightest third of pixels
+    (by mean of R, G, B). The background and pale red-cell centres are the brightest parts of a smear crop; their
+    colour is the illuminant's (a yellow or blue cast of the lamp or camera), not the stain's."""
+    f = x.reshape(len(x), -1, 3).astype(np.float32)
+    lum = f.mean(2)
+    out = np.empty((len(x), 3), np.float32)
+    for i in range(len(x)):
+        bright = f[i][lum[i] >= np.percentile(lum[i], 67)]
+        out[i] = np.percentile(bright, 90, axis=0)
+    return out
+
+
+def white_balance(x: np.ndarray, reference) -> np.ndarray:
+    """uint8 NHWC crops with an illuminant cast beyond ``reference`` corrected to it (von Kries: the same per-channel
+    gains for background and cell). ``reference`` (RGB) is the most tinted background white the classifier was
+    trained on: a channel of a crop's ``background_white``, as a share of its brightest channel, is raised to the
+    reference's share where it falls below it, and left as it is otherwise. Backgrounds between neutral and the
+    reference (the training laboratories' range) are unchanged; a yellow, blue or green cast beyond it is brought
+    back to its edge."""
+    ref = np.asarray(reference, np.float32)
+    w = np.maximum(background_white(x), 1.0)
+    share = w / w.max(1, keepdims=True)
+    gains = np.maximum(share, (ref / ref.max())[None]) / share
+    if np.all(gains < 1.0 + 1e-3):
+        return x
+    return np.clip(x.astype(np.float32) * gains[:, None, None, :] + 0.5, 0, 255).astype(np.uint8)
+
+
 def to_tensor(x_uint8: np.ndarray):
     """uint8 NHWC -> float NCHW in [0, 1]."""
     import torch

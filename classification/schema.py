@@ -24,6 +24,10 @@ CLASSIFIER_SCHEMA = {
                  choices=(1, 2, 4, 8)),
     "tta_below": Field(float, 1.0, "extra views only for cells whose single-view top probability is below this "
                                    "(1.0 = every cell)", min=0.0, max=1.0),
+    "white_balance": Field(list, None, "the most tinted background white [R, G, B] of the training laboratories: a "
+                                       "crop whose background has a stronger cast (yellow, blue, ...) is corrected "
+                                       "to it before the network, others are left as they are "
+                                       "(classification.preprocess.white_balance); None = off"),
     "train": Field(dict, {}, "training settings, see TRAIN_SCHEMA"),
 }
 

@@ -28,8 +28,8 @@ from typing import NamedTuple
 import numpy as np
 
 from classification.cam import grad_cam
-from classification.classifier import (Classifier, check_classifier_config, fuse_probs, load_classifier,
-                                       preprocess_key, refinement_map, resize_crops)
+from classification.classifier import (Classifier, check_classifier_config, check_white, fuse_probs,
+                                       load_classifier, preprocess_key, refinement_map, resize_crops)
 from classification.taxonomies import (UNFAMILIAR, UNIDENTIFIED, check_task, label_sets, refines, view_matrix,
                                        view_probs)
 from core.config import REQUIRED, ConfigError, Field, load_yaml, resolve_path, validate
@@ -64,6 +64,8 @@ STAGE_SCHEMA = {
     "weights": Field(str, None, "override the classifier config's weights"),
     "tta": Field(int, None, "override the classifier config's tta (test-time views: 1, 2, 4, 8)", choices=(1, 2, 4, 8)),
     "tta_below": Field(float, None, "override the classifier config's tta_below", min=0.0, max=1.0),
+    "white_balance": Field(list, None, "override the classifier config's white_balance (reference background white "
+                                       "[R, G, B] of the crops)"),
     "fuse_into": Field(str, None, "task of an earlier stage whose verdict this stage's probabilities join "
                                   "(classification.classifier.fuse_probs), e.g. wang11 into pbc8"),
     "fuse_weight": Field(float, 1.0, "weight of this stage's vote in fuse_into (0 = none, 1 = plain product)",
@@ -88,9 +90,10 @@ def load_pipeline_config(path) -> dict:
             raise ConfigError(f"{path}: classifiers[{i}] must be a mapping with at least 'config'")
         st = validate(st, STAGE_SCHEMA, f"{path}: classifiers[{i}]")
         st["cfg"] = check_classifier_config(load_yaml(resolve_path(st["config"])), st["config"])
-        for key in ("weights", "tta", "tta_below"):
+        for key in ("weights", "tta", "tta_below", "white_balance"):
             if st[key] is not None:
                 st["cfg"][key] = st[key]
+        check_white(st["cfg"]["white_balance"], f"{path}: classifiers[{i}]")
         if st["fuse_into"] is not None:
             check_fusion(st, stages, f"{path}: classifiers[{i}]")
         stages.append(st)
@@ -167,7 +170,7 @@ class Pipeline:
                 raise FileNotFoundError(f"classifier weights not found for {c['task']}: {w} (mark the stage "
                                         "'optional: true' to run without it)")
             clf = load_classifier(w, device=device, batch=c["batch"], half=half, tta=c["tta"],
-                                  tta_below=c["tta_below"])
+                                  tta_below=c["tta_below"], white_balance=c["white_balance"])
             fuse = st["fuse_into"]
             if fuse is not None and fuse not in {s.task for s in self.stages}:
                 self.skipped.append(f"{clf.task} -> {fuse} fusion: no {fuse} stage")
@@ -302,6 +305,7 @@ class Pipeline:
                     pt = clf.path.with_name(clf.meta.get("source", clf.path.with_suffix(".pt").name))
                     if pt.exists():
                         self._cam_clf = Classifier(pt, device=self.device)
+                        self._cam_clf.white_reference = clf.white_reference  # the same input as the stage's
         return self._cam_clf
 
     def grad_cams(self, crops: list[np.ndarray], verdicts: list[Verdict]) -> list[np.ndarray | None]:

@@ -579,3 +579,63 @@ def test_adapt_classifier_run_crops_frames_wbc_detections(tmp_path):
     crops = run_crops(tmp_path, {"WBC"}, 0.75, log=notes.append)
     assert [c.shape for c in crops] == [(50, 50, 3), (50, 50, 3)]  # 20 px box * (1 + 2 * 0.75)
     assert any("gone.png" in n for n in notes) and any("1 field(s)" in n for n in notes)
+
+
+def _smear_crop(background, size: int = 64) -> np.ndarray:
+    """A drawn cell crop: a ``background`` RGB field with pale pink red cells and a purple leukocyte."""
+    import cv2
+
+    img = np.empty((size, size, 3), np.uint8)
+    img[:] = background
+    for cx, cy in ((10, 12), (52, 50), (50, 10)):
+        cv2.circle(img, (cx, cy), 9, (225, 170, 175), -1)
+    cv2.circle(img, (size // 2, size // 2), 14, (150, 90, 170), -1)
+    cv2.circle(img, (size // 2, size // 2), 8, (90, 40, 130), -1)
+    return img
+
+
+def test_white_balance_undoes_a_cast_beyond_the_reference_and_leaves_the_range_alone():
+    from classification.preprocess import background_white, white_balance
+
+    ref = (254.0, 230.0, 205.0)  # the most tinted training background (cream)
+    clean = _smear_crop(ref)[None]
+    np.testing.assert_allclose(background_white(clean)[0], ref, atol=1.0)
+    assert white_balance(clean, ref) is clean  # at the reference: unchanged
+    neutral = _smear_crop((242, 236, 236))[None]  # between neutral and the reference: unchanged
+    assert white_balance(neutral, ref) is neutral
+    yellow = np.clip(clean * np.array([1.0, 0.9, 0.55]) + 0.5, 0, 255).astype(np.uint8)
+    assert np.abs(yellow.astype(int) - clean).max() > 40
+    back = white_balance(yellow, ref)
+    assert back.shape == yellow.shape and back.dtype == np.uint8
+    assert np.abs(back.astype(int) - clean).max() <= 3  # the cell's colours come back with the background's
+    blue = np.clip(clean * np.array([0.6, 0.8, 1.0]) + 0.5, 0, 255).astype(np.uint8)
+    w = background_white(white_balance(blue, ref))[0]
+    assert w[0] / w.max() > 0.99 and w[1] / w.max() >= 0.9 - 0.01  # brought back into the range (red no longer short)
+
+
+def test_white_balance_setting_reaches_the_classifier_and_is_validated(tmp_path, tiny_models):
+    from conftest import write_yaml
+
+    from classification.classifier import load_classifier
+    from classification.preprocess import resize_crops, white_balance
+    from core.config import ConfigError
+    from pipelines.pipeline import Pipeline, load_pipeline_config
+
+    ref = [254, 230, 205]
+    p = load_classifier(tiny_models["pbc8_ckpt"], white_balance=ref)
+    crops = [np.clip(_smear_crop(ref) * np.array([1.0, 0.9, 0.55]), 0, 255).astype(np.uint8)]
+    plain = load_classifier(tiny_models["pbc8_ckpt"])
+    assert p.name.endswith(":wb254/230/205") and plain.white_reference is None
+    np.testing.assert_array_equal(p.preprocess(crops), white_balance(resize_crops(crops, 32), ref))
+    assert not np.array_equal(p.preprocess(crops), plain.preprocess(crops))
+
+    base = load_pipeline_config(tiny_models["pipeline"])
+    cfg = {"detector": str(tiny_models["detector"]), "cells_reframe": False,
+           "classifiers": [{"config": str(tiny_models["dir"] / "pbc8.yaml"), "white_balance": ref}]}
+    pipe = Pipeline(load_pipeline_config(write_yaml(tmp_path / "wb.yaml", cfg)), log=lambda m: None)
+    assert pipe.stages[0].classifier.white_reference == tuple(float(v) for v in ref)
+    assert base["classifiers"][0]["cfg"]["white_balance"] is None
+    for bad in ([254, 230], [0, 230, 205], "white"):
+        with pytest.raises(ConfigError, match="white_balance"):
+            load_pipeline_config(write_yaml(tmp_path / "bad.yaml", {**cfg, "classifiers": [
+                {"config": str(tiny_models["dir"] / "pbc8.yaml"), "white_balance": bad}]}))

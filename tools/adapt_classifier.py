@@ -118,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--alpha", type=float, default=None, help="share of your crops' batch-norm statistics (0-1; "
                                                                "default 0.5; with --labels 0: a few dozen cells of "
                                                                "a few classes skew them)")
-    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="--labels: pipeline config the written "
-                                                                   "pipeline.yaml starts from")
+    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipeline config whose crop preparation (white "
+                                                                   "balance) the adaptation uses; --labels: the "
+                                                                   "written pipeline.yaml starts from it")
     ap.add_argument("--holdout", type=float, default=0.3, help="--labels: share of each class held back")
     ap.add_argument("--epochs", type=int, default=40, help="--labels: most fine-tuning epochs (early stop)")
     ap.add_argument("--blocks", type=int, default=2, help="--labels: last stages fine-tuned with the head")
@@ -170,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     from classification.models import adapt_batchnorm
 
     clf = Classifier(weights, batch=args.batch)
+    clf.white_reference = config_white(args.config, clf.task)
     crops = (run_crops(Path(args.run), set(args.det_labels), args.crop_margin) if args.run
              else cell_crops(args.cells))
     if len(crops) < args.min_crops:
@@ -190,6 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def config_white(config: str, task: str):
+    """The ``white_balance`` of ``config``'s first stage of ``task`` (None without one): the adapted network sees
+    its cells prepared as that pipeline prepares them."""
+    from pipelines.pipeline import load_pipeline_config
+
+    return next((st["cfg"]["white_balance"] for st in load_pipeline_config(config)["classifiers"]
+                 if st["cfg"]["task"] == task), None)
+
+
 def adapt_with_labels(args, weights: Path, out: Path, alpha: float, err) -> int:
     """The ``--labels`` mode: AdaBN + fine-tuning on the labelled cells, then OUT/{classifier.pt, classifier.onnx,
     pipeline.yaml, card.md}."""
@@ -208,6 +219,7 @@ def adapt_with_labels(args, weights: Path, out: Path, alpha: float, err) -> int:
     from core.io import ImageReadError, read_image
 
     clf = Classifier(weights, batch=args.batch)
+    clf.white_reference = config_white(args.config, clf.task)
     labels = train_labels(clf.task)
     try:
         samples = [(p, train_label(lab, labels)) for p, lab in load_label_csv(args.labels)]

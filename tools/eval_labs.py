@@ -18,7 +18,11 @@ Columns (every cell through the config's classifier cascade, as in a run; pre-cr
   leukaemia) whose final label is blast; ``blast TXL all``: all 500 TXL-PBC fields.
 ``--adabn``: before each laboratory, the PyTorch classifiers' batch-norm statistics are re-estimated on that
 laboratory's own cells (test-time adaptation; ``classification.models.adapt_batchnorm`` at ``--alpha``); needs
-``.pt`` weights in the config. Writes OUT/labs.json and OUT/labs.md.
+``.pt`` weights in the config. ``--illuminant R G B``: every image (cells and fields' crops) multiplied by these
+per-channel gains first: the same laboratories under another lamp or camera white point (e.g. ``1 0.9 0.55``, a
+yellow cast like some laboratories' exports). Writes OUT/labs.json and OUT/labs.md.
+
+  python tools/eval_labs.py --configs configs/pipeline/default.yaml --illuminant 1 0.9 0.55 --out out/eval/labs_yellow
 """
 
 from __future__ import annotations
@@ -43,7 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adabn", action="store_true", help="test-time batch-norm adaptation on each lab's cells")
     ap.add_argument("--alpha", type=float, default=1.0, help="--adabn: weight of the lab's own statistics")
     ap.add_argument("--limit", type=int, default=0, help="at most N cells per set (smoke runs)")
+    ap.add_argument("--illuminant", type=float, nargs=3, metavar=("R", "G", "B"), default=None,
+                    help="per-channel gains applied to every image first (another lamp's colour)")
     args = ap.parse_args(argv)
+    if args.illuminant and not all(0 < g <= 4 for g in args.illuminant):
+        print("error: --illuminant gains must be in (0, 4]", file=sys.stderr)
+        return 2
 
     from classification.data import missing_cell_sets
     from core.io import read_image
@@ -56,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sets = lab_sets(cells, args.limit)
     images = {k: [read_image(p) for p, _ in v] for k, v in sets.items()}
+    if args.illuminant:
+        images = {k: [cast(im, args.illuminant) for im in v] for k, v in images.items()}
     print("cells: " + ", ".join(f"{k} {len(v)}" for k, v in sets.items()), flush=True)
     rows = {}
     for path in args.configs:
@@ -81,12 +92,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path}: " + json.dumps(rows[path]), flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "labs.json").write_text(json.dumps({"adabn": args.adabn, "alpha": args.alpha,
+                                                          "illuminant": args.illuminant,
                                                           "n": {k: len(v) for k, v in sets.items()}, "rows": rows},
                                                          indent=1))
     md = table(rows, args.adabn)
     (Path(args.out) / "labs.md").write_text(md + "\n")
     print(md)
     return 0
+
+
+def cast(image, gains):
+    """``image`` (RGB uint8) under another illuminant: each channel multiplied by its gain, clipped."""
+    import numpy as np
+
+    return np.clip(image.astype(np.float32) * np.asarray(gains, np.float32) + 0.5, 0, 255).astype(np.uint8)
 
 
 def lab_sets(cells: Path, limit: int = 0) -> dict[str, list]:
