@@ -89,3 +89,34 @@ def test_gpu_check_script_runs_on_cpu_up_to_the_cuda_calls(data_root, tmp_path):
     assert "torch" in (tmp_path / "g" / "device.txt").read_text()
     assert (tmp_path / "g" / "latency" / "latency.md").exists()
     assert "WBC" in (tmp_path / "g" / "detection.log").read_text()
+
+
+def test_eval_labs_illuminant_casts_every_image_and_refuses_bad_gains(capsys):
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import eval_labs
+
+    im = np.full((4, 4, 3), (200, 180, 160), np.uint8)
+    out = eval_labs.cast(im, (1.0, 0.9, 0.55))
+    assert out.dtype == np.uint8 and out[0, 0].tolist() == [200, 162, 88]
+    assert eval_labs.cast(im, (1.5, 1.0, 1.0))[0, 0, 0] == 255  # clipped, not wrapped
+    assert eval_labs.main(["--configs", "x.yaml", "--out", "unused", "--illuminant", "0", "1", "1"]) == 2
+    assert "--illuminant" in capsys.readouterr().err
+
+
+def test_background_white_tool_reads_your_cells(tmp_path, capsys):
+    import cv2
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import background_white
+
+    for i in range(3):
+        img = np.full((40, 40, 3), (120, 200, 240), np.uint8)  # BGR on disk: RGB (240, 200, 120), a yellow cast
+        cv2.circle(img, (20, 20), 8, (150, 60, 90), -1)
+        cv2.imwrite(str(tmp_path / f"c{i}.png"), img)
+    assert background_white.main(["--images", str(tmp_path), "--size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "3 crops" in out and "mean [240.0, 200.0, 120.0]" in out
+    assert background_white.main(["--images", str(tmp_path / "none")]) == 2
