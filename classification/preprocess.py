@@ -23,17 +23,16 @@ def resize_crops(crops: list[np.ndarray], size: int) -> np.ndarray:
     return out
 
 
-def background_white(x: np.ndarray) -> np.ndarray:
+def background_white(x: np.ndarray, step: int = 4) -> np.ndarray:
     """Each crop's background white (N, 3) float: per channel, the 90th percentile of its brightest third of pixels
-    (by mean of R, G, B). The background and pale red-cell centres are the brightest parts of a smear crop; their
-    colour is the illuminant's (a yellow or blue cast of the lamp or camera), not the stain's."""
-    f = x.reshape(len(x), -1, 3).astype(np.float32)
-    lum = f.mean(2)
-    out = np.empty((len(x), 3), np.float32)
-    for i in range(len(x)):
-        bright = f[i][lum[i] >= np.percentile(lum[i], 67)]
-        out[i] = np.percentile(bright, 90, axis=0)
-    return out
+    (by mean of R, G, B; every ``step``-th pixel per axis). The background and pale red-cell centres are the
+    brightest parts of a smear crop; their colour is the illuminant's (a yellow or blue cast of the lamp or camera),
+    not the stain's."""
+    f = x[:, ::step, ::step].reshape(len(x), -1, 3).astype(np.float32)
+    n = f.shape[1]
+    k = max(1, n // 3)
+    top = np.argpartition(f.mean(2), n - k, axis=1)[:, n - k:]
+    return np.percentile(np.take_along_axis(f, top[:, :, None], axis=1), 90, axis=1).astype(np.float32)
 
 
 def white_balance(x: np.ndarray, reference) -> np.ndarray:
@@ -47,9 +46,17 @@ def white_balance(x: np.ndarray, reference) -> np.ndarray:
     w = np.maximum(background_white(x), 1.0)
     share = w / w.max(1, keepdims=True)
     gains = np.maximum(share, (ref / ref.max())[None]) / share
-    if np.all(gains < 1.0 + 1e-3):
+    cast = np.flatnonzero((gains > 1.0 + 1e-3).any(1))
+    if not len(cast):
         return x
-    return np.clip(x.astype(np.float32) * gains[:, None, None, :] + 0.5, 0, 255).astype(np.uint8)
+    import cv2
+
+    out = x.copy()
+    levels = np.arange(256, dtype=np.float32)[:, None]
+    for i in cast:  # one lookup table per crop and channel (cv2.LUT: far faster than float arithmetic per pixel)
+        lut = np.clip(levels * gains[i][None] + 0.5, 0, 255).astype(np.uint8).reshape(1, 256, 3)
+        out[i] = cv2.LUT(np.ascontiguousarray(x[i]), lut)
+    return out
 
 
 def to_tensor(x_uint8: np.ndarray):
