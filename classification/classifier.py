@@ -85,7 +85,9 @@ def load_classifier(weights, device: str = "cpu", batch: int = 64, half: bool = 
     ``tta_below``: test-time augmentation (see ``_CropClassifier.classify_prepared``); ``white_balance``: reference
     background white of the crops (``_CropClassifier.prepare_resized``), None = off."""
     check_tta(tta, tta_below)
-    white_balance = check_white(white_balance)
+    CLASSIFIER_SCHEMA["white_balance"].check("white_balance", None if white_balance is None else list(white_balance),
+                                             "classifier")
+    white_balance = None if white_balance is None else tuple(float(v) for v in white_balance)
     path = resolve_path(weights)
     if path is not None and path.suffix.lower() == ".onnx":
         clf = OnnxClassifier(path, device=device, batch=batch)
@@ -97,16 +99,6 @@ def load_classifier(weights, device: str = "cpu", batch: int = 64, half: bool = 
     if white_balance is not None:
         clf.name += ":wb" + "/".join(f"{v:g}" for v in white_balance)
     return clf
-
-
-def check_white(white, where: str = "classifier") -> tuple[float, float, float] | None:
-    """A ``white_balance`` setting as an RGB tuple, or None; ``ConfigError`` unless three values in (0, 255]."""
-    if white is None:
-        return None
-    if not isinstance(white, (list, tuple)) or len(white) != 3 or \
-            not all(isinstance(v, (int, float)) and 0 < v <= 255 for v in white):
-        raise ConfigError(f"{where}: white_balance must be [R, G, B] with values in (0, 255], not {white!r}")
-    return tuple(float(v) for v in white)
 
 
 def _normalize_stain(x: np.ndarray, stain: dict | None) -> np.ndarray:

@@ -49,14 +49,19 @@ def white_balance(x: np.ndarray, reference) -> np.ndarray:
     cast = np.flatnonzero((gains > 1.0 + 1e-3).any(1))
     if not len(cast):
         return x
+    out = x.copy()
+    for i in cast:
+        out[i] = scale_channels(x[i], gains[i])
+    return out
+
+
+def scale_channels(image: np.ndarray, gains) -> np.ndarray:
+    """An RGB uint8 image with each channel multiplied by its gain, rounded and clipped to 0-255 (one lookup table
+    per channel: far faster than float arithmetic per pixel)."""
     import cv2
 
-    out = x.copy()
-    levels = np.arange(256, dtype=np.float32)[:, None]
-    for i in cast:  # one lookup table per crop and channel (cv2.LUT: far faster than float arithmetic per pixel)
-        lut = np.clip(levels * gains[i][None] + 0.5, 0, 255).astype(np.uint8).reshape(1, 256, 3)
-        out[i] = cv2.LUT(np.ascontiguousarray(x[i]), lut)
-    return out
+    lut = np.arange(256, dtype=np.float32)[:, None] * np.asarray(gains, np.float32)[None] + 0.5
+    return cv2.LUT(np.ascontiguousarray(image), np.clip(lut, 0, 255).astype(np.uint8).reshape(1, 256, 3))
 
 
 def to_tensor(x_uint8: np.ndarray):

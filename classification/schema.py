@@ -27,7 +27,8 @@ CLASSIFIER_SCHEMA = {
     "white_balance": Field(list, None, "the most tinted background white [R, G, B] of the training laboratories: a "
                                        "crop whose background has a stronger cast (yellow, blue, ...) is corrected "
                                        "to it before the network, others are left as they are "
-                                       "(classification.preprocess.white_balance); None = off"),
+                                       "(classification.preprocess.white_balance); None = off",
+                           min=1.0, max=255.0, size=3),
     "train": Field(dict, {}, "training settings, see TRAIN_SCHEMA"),
 }
 

@@ -23,7 +23,8 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Field:
     """One config key: accepted type(s), default (``REQUIRED`` if none), what it means, and optionally the values it
-    may take (``choices``) or the closed range of a number (``min`` / ``max``). None values are not range-checked."""
+    may take (``choices``) or the closed range of a number (``min`` / ``max``). For a list, ``size`` is its number
+    of items and ``choices`` / ``min`` / ``max`` apply to each item. None values are not range-checked."""
 
     type: type | tuple[type, ...]
     default: Any
@@ -31,17 +32,30 @@ class Field:
     choices: tuple | None = None
     min: float | None = None
     max: float | None = None
+    size: int | None = None
 
     def check(self, key: str, value: Any, where: str) -> None:
-        """Raise ``ConfigError`` when ``value`` is outside ``choices`` or ``[min, max]``."""
+        """Raise ``ConfigError`` when ``value`` (or, for a list, its length or an item) is outside ``size``,
+        ``choices`` or ``[min, max]``."""
         if value is None:
             return
-        if self.choices is not None and value not in self.choices:
-            raise ConfigError(f"{where}: key '{key}' must be one of {list(self.choices)}, not {value!r} ({self.help})")
-        if self.min is not None and value < self.min or self.max is not None and value > self.max:
-            lo = "-inf" if self.min is None else self.min
-            hi = "inf" if self.max is None else self.max
-            raise ConfigError(f"{where}: key '{key}' must be in [{lo}, {hi}], not {value!r} ({self.help})")
+        if isinstance(value, list):
+            if self.size is not None and len(value) != self.size:
+                raise ConfigError(f"{where}: key '{key}' must have {self.size} items, not {value!r} ({self.help})")
+            items = value
+        else:
+            items = [value]
+        for v in items:
+            if self.choices is not None and v not in self.choices:
+                raise ConfigError(f"{where}: key '{key}' must be one of {list(self.choices)}, not {value!r} "
+                                  f"({self.help})")
+            if self.min is None and self.max is None:
+                continue
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or \
+                    self.min is not None and v < self.min or self.max is not None and v > self.max:
+                lo = "-inf" if self.min is None else self.min
+                hi = "inf" if self.max is None else self.max
+                raise ConfigError(f"{where}: key '{key}' must be in [{lo}, {hi}], not {value!r} ({self.help})")
 
 
 def validate(cfg: dict | None, schema: dict[str, Field], where: str) -> dict:

@@ -28,8 +28,8 @@ from typing import NamedTuple
 import numpy as np
 
 from classification.cam import grad_cam
-from classification.classifier import (Classifier, check_classifier_config, check_white, fuse_probs,
-                                       load_classifier, preprocess_key, refinement_map, resize_crops)
+from classification.classifier import (Classifier, check_classifier_config, fuse_probs, load_classifier,
+                                       preprocess_key, refinement_map, resize_crops)
 from classification.taxonomies import (UNFAMILIAR, UNIDENTIFIED, check_task, label_sets, refines, view_matrix,
                                        view_probs)
 from core.config import REQUIRED, ConfigError, Field, load_yaml, resolve_path, validate
@@ -65,7 +65,7 @@ STAGE_SCHEMA = {
     "tta": Field(int, None, "override the classifier config's tta (test-time views: 1, 2, 4, 8)", choices=(1, 2, 4, 8)),
     "tta_below": Field(float, None, "override the classifier config's tta_below", min=0.0, max=1.0),
     "white_balance": Field(list, None, "override the classifier config's white_balance (reference background white "
-                                       "[R, G, B] of the crops)"),
+                                       "[R, G, B] of the crops)", min=1.0, max=255.0, size=3),
     "fuse_into": Field(str, None, "task of an earlier stage whose verdict this stage's probabilities join "
                                   "(classification.classifier.fuse_probs), e.g. wang11 into pbc8"),
     "fuse_weight": Field(float, 1.0, "weight of this stage's vote in fuse_into (0 = none, 1 = plain product)",
@@ -93,7 +93,6 @@ def load_pipeline_config(path) -> dict:
         for key in ("weights", "tta", "tta_below", "white_balance"):
             if st[key] is not None:
                 st["cfg"][key] = st[key]
-        check_white(st["cfg"]["white_balance"], f"{path}: classifiers[{i}]")
         if st["fuse_into"] is not None:
             check_fusion(st, stages, f"{path}: classifiers[{i}]")
         stages.append(st)

@@ -34,3 +34,14 @@ def test_pipeline_config_refuses_out_of_range_values(tmp_path, line, new, match)
     (tmp_path / "bad.yaml").write_text(text.replace(line, new, 1))
     with pytest.raises(ConfigError, match=match):
         load_pipeline_config(tmp_path / "bad.yaml")
+
+
+def test_list_fields_check_their_size_and_each_item():
+    from core.config import ConfigError, Field, validate
+
+    schema = {"white": Field(list, None, "rgb", min=1.0, max=255.0, size=3), "labels": Field(list, None, "free")}
+    assert validate({"white": [254, 230, 205], "labels": ["a", 1]}, schema, "cfg")["white"] == [254, 230, 205]
+    for bad, msg in (([254, 230], "must have 3 items"), ([0, 230, 205], r"must be in \[1.0, 255.0\]"),
+                     (["a", 230, 205], "must be in"), ([True, 230, 205], "must be in")):
+        with pytest.raises(ConfigError, match=f"'white' {msg}"):
+            validate({"white": bad}, schema, "cfg")

@@ -167,11 +167,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from classification.classifier import Classifier
     from classification.models import adapt_batchnorm
 
-    clf = Classifier(weights, batch=args.batch)
-    clf.white_reference = config_white(args.config, clf.task)
+    clf = configured_classifier(weights, args)
     crops = (run_crops(Path(args.run), set(args.det_labels), args.crop_margin) if args.run
              else cell_crops(args.cells))
     if len(crops) < args.min_crops:
@@ -192,13 +190,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def config_white(config: str, task: str):
-    """The ``white_balance`` of ``config``'s first stage of ``task`` (None without one): the adapted network sees
-    its cells prepared as that pipeline prepares them."""
+def configured_classifier(weights: Path, args):
+    """The PyTorch classifier at ``weights``, preparing crops as ``args.config``'s first stage of its task does
+    (its ``white_balance``): the adapted network sees the cells as that pipeline will give them."""
+    from classification.classifier import Classifier
     from pipelines.pipeline import load_pipeline_config
 
-    return next((st["cfg"]["white_balance"] for st in load_pipeline_config(config)["classifiers"]
-                 if st["cfg"]["task"] == task), None)
+    clf = Classifier(weights, batch=args.batch)
+    white = next((st["cfg"]["white_balance"] for st in load_pipeline_config(args.config)["classifiers"]
+                  if st["cfg"]["task"] == clf.task), None)
+    clf.white_reference = None if white is None else tuple(float(v) for v in white)
+    return clf
 
 
 def adapt_with_labels(args, weights: Path, out: Path, alpha: float, err) -> int:
@@ -210,7 +212,7 @@ def adapt_with_labels(args, weights: Path, out: Path, alpha: float, err) -> int:
     from tqdm import tqdm
 
     from classification.adapt import fine_tune, lab_class_means, split_holdout
-    from classification.classifier import Classifier, export_onnx
+    from classification.classifier import export_onnx
     from classification.data import load_label_csv
     from classification.models import adapt_batchnorm
     from classification.taxonomies import label_sets
@@ -218,8 +220,7 @@ def adapt_with_labels(args, weights: Path, out: Path, alpha: float, err) -> int:
     from core.config import load_yaml
     from core.io import ImageReadError, read_image
 
-    clf = Classifier(weights, batch=args.batch)
-    clf.white_reference = config_white(args.config, clf.task)
+    clf = configured_classifier(weights, args)
     labels = train_labels(clf.task)
     try:
         samples = [(p, train_label(lab, labels)) for p, lab in load_label_csv(args.labels)]

@@ -103,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def cast(image, gains):
     """``image`` (RGB uint8) under another illuminant: each channel multiplied by its gain, clipped."""
-    import numpy as np
+    from classification.preprocess import scale_channels
 
-    return np.clip(image.astype(np.float32) * np.asarray(gains, np.float32) + 0.5, 0, 255).astype(np.uint8)
+    return scale_channels(image, gains)
 
 
 def lab_sets(cells: Path, limit: int = 0) -> dict[str, list]:
