@@ -80,17 +80,18 @@ def fuse_probs(target: np.ndarray, target_classes: list[str], source: np.ndarray
 
 
 def load_classifier(weights, device: str = "cpu", batch: int = 64, half: bool = False, tta: int = 1,
-                    tta_below: float = 1.0, white_balance=None):
+                    tta_below: float = 1.0, white_balance=None, runtime: str = "onnxruntime"):
     """A ``Classifier`` (``.pt`` checkpoint) or ``OnnxClassifier`` (``.onnx`` export) for ``weights``; ``tta`` /
     ``tta_below``: test-time augmentation (see ``_CropClassifier.classify_prepared``); ``white_balance``: reference
-    background white of the crops (``_CropClassifier.prepare_resized``), None = off."""
+    background white of the crops (``_CropClassifier.prepare_resized``), None = off; ``runtime``: what runs an
+    ``.onnx`` export (``core.onnxrt.onnx_session``)."""
     check_tta(tta, tta_below)
     CLASSIFIER_SCHEMA["white_balance"].check("white_balance", None if white_balance is None else list(white_balance),
                                              "classifier")
     white_balance = None if white_balance is None else tuple(float(v) for v in white_balance)
     path = resolve_path(weights)
     if path is not None and path.suffix.lower() == ".onnx":
-        clf = OnnxClassifier(path, device=device, batch=batch)
+        clf = OnnxClassifier(path, device=device, batch=batch, runtime=runtime)
     else:
         clf = Classifier(path, device=device, batch=batch, half=half)
     clf.tta, clf.tta_below, clf.white_reference = tta, tta_below, white_balance
@@ -261,14 +262,14 @@ ONNX_META_KEY = "leukodiff_classifier"
 class OnnxClassifier(_CropClassifier):
     """A classifier exported by ``export_onnx``, run by ONNX Runtime; the interface of ``Classifier``."""
 
-    def __init__(self, path, device: str = "cpu", batch: int = 64):
+    def __init__(self, path, device: str = "cpu", batch: int = 64, runtime: str = "onnxruntime"):
         import json
 
 
         path = resolve_path(path)
         if path is None or not path.exists():
             raise FileNotFoundError(f"classifier weights not found: {path}")
-        self.session = onnx_session(path, device, "classifier")
+        self.session = onnx_session(path, device, "classifier", runtime)
         raw = self.session.get_modelmeta().custom_metadata_map.get(ONNX_META_KEY)
         if raw is None:
             raise ValueError(f"{path}: not a leukodiff classifier export (no '{ONNX_META_KEY}' metadata); write it "
@@ -277,7 +278,8 @@ class OnnxClassifier(_CropClassifier):
         self.task, self.classes = self.meta["task"], list(self.meta["classes"])
         self.input_size, self.temperature = int(self.meta["input_size"]), float(self.meta["temperature"])
         self.batch = batch
-        self.name = f"{self.task}:{self.meta['arch']}@{self.input_size}:{path.name}"
+        self.name = f"{self.task}:{self.meta['arch']}@{self.input_size}:{path.name}" + \
+            (":openvino" if runtime == "openvino" else "")
         self.path = path
 
     def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

@@ -1,15 +1,27 @@
-"""One way to open an ONNX Runtime session for the pipeline's models (detector and classifiers)."""
+"""One way to open an ONNX model for the pipeline (detector and classifiers), in ONNX Runtime or OpenVINO."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+
+RUNTIMES = ("onnxruntime", "openvino")
 
 
-def onnx_session(path: Path, device: str, what: str):
-    """An ``InferenceSession`` for ``path`` on ``device`` (``cpu`` or ``cuda[:i]``), full graph optimization, idle
-    threads not spinning (measured: 10-20% fewer fields/s with spinning, the decode threads lose the cores).
-    ``what`` names the model in errors. Raises ``ValueError`` for CUDA without a CUDA provider: the model would run
-    on the CPU unnoticed."""
+def onnx_session(path: Path, device: str, what: str, runtime: str = "onnxruntime"):
+    """A session for the ONNX model ``path`` on ``device`` (``cpu`` or ``cuda[:i]``) with ONNX Runtime's interface
+    (``run(None, feeds)``, ``get_inputs()``, ``get_modelmeta().custom_metadata_map``). ``runtime``: ``onnxruntime``
+    (full graph optimization, idle threads not spinning: measured 10-20% fewer fields/s with spinning, the decode
+    threads lose the cores) or ``openvino`` (CPU only; the same model file, about 2x faster on x86 CPUs here,
+    docs/RESULTS.md "Speed"). ``what`` names the model in errors. Raises ``ValueError`` for CUDA without a CUDA
+    provider or with OpenVINO: the model would run on the CPU unnoticed."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown ONNX runtime '{runtime}' for the {what}; valid: {', '.join(RUNTIMES)}")
+    if runtime == "openvino":
+        if device != "cpu":
+            raise ValueError(f"--device {device}: the ONNX {what} {Path(path).name} is set to run in OpenVINO, which "
+                             "runs on the CPU here; use --config configs/pipeline/gpu.yaml (PyTorch models) on a GPU")
+        return OpenVinoSession(path)
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -24,3 +36,34 @@ def onnx_session(path: Path, device: str, what: str):
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=[p for p in providers if p in available])
+
+
+class OpenVinoSession:
+    """An ONNX model compiled by OpenVINO for the CPU (latency hint: one stream over all cores, dynamic batch and
+    image axes kept), behind the part of ONNX Runtime's ``InferenceSession`` interface the pipeline uses. The
+    model's metadata (class names, a classifier's export record) is read from the file with ``onnx``."""
+
+    def __init__(self, path: Path):
+        import onnx
+        import openvino as ov
+
+        proto = onnx.load(str(path), load_external_data=False)
+        self._meta = {p.key: p.value for p in proto.metadata_props}
+        weights = {t.name for t in proto.graph.initializer}
+        self._inputs = [SimpleNamespace(name=i.name) for i in proto.graph.input if i.name not in weights]
+        del proto
+        self.model = ov.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+        self.request = self.model.create_infer_request()
+
+    def get_inputs(self):
+        return self._inputs
+
+    def get_modelmeta(self):
+        return SimpleNamespace(custom_metadata_map=dict(self._meta))
+
+    def run(self, output_names, feeds: dict) -> list:
+        """Outputs in the model's order, as arrays the caller owns (``output_names`` must be None)."""
+        if output_names is not None:
+            raise ValueError("OpenVinoSession.run returns every output: pass None")
+        res = self.request.infer(feeds)
+        return [res[o].copy() for o in self.model.outputs]

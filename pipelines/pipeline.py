@@ -55,6 +55,10 @@ PIPELINE_SCHEMA = {
                                         "accuracy and on tightly framed copies it gained nothing (training zooms "
                                         "cells 0.8-1.8x); for exports framed wide or off-centre"),
     "differential": Field(dict, {}, "report settings, see pipelines.differential.DIFFERENTIAL_SCHEMA"),
+    "onnx_runtime": Field(str, "onnxruntime", "what runs the .onnx models of the detector and classifiers on the "
+                                              "CPU: onnxruntime or openvino (same files, same outputs; openvino about "
+                                              "2x faster on x86, docs/RESULTS.md); .pt weights run in PyTorch",
+                          choices=("onnxruntime", "openvino")),
 }
 
 STAGE_SCHEMA = {
@@ -84,6 +88,7 @@ def load_pipeline_config(path) -> dict:
     cfg["detector_cfg"] = check_detector_config(load_yaml(resolve_path(cfg["detector"])), cfg["detector"])
     if cfg["detector_conf"] is not None:
         cfg["detector_cfg"]["conf"] = cfg["detector_conf"]
+    cfg["detector_cfg"]["runtime"] = cfg["onnx_runtime"]
     stages = []
     for i, st in enumerate(cfg["classifiers"]):
         if not isinstance(st, dict):
@@ -169,7 +174,8 @@ class Pipeline:
                 raise FileNotFoundError(f"classifier weights not found for {c['task']}: {w} (mark the stage "
                                         "'optional: true' to run without it)")
             clf = load_classifier(w, device=device, batch=c["batch"], half=half, tta=c["tta"],
-                                  tta_below=c["tta_below"], white_balance=c["white_balance"])
+                                  tta_below=c["tta_below"], white_balance=c["white_balance"],
+                                  runtime=cfg["onnx_runtime"])
             fuse = st["fuse_into"]
             if fuse is not None and fuse not in {s.task for s in self.stages}:
                 self.skipped.append(f"{clf.task} -> {fuse} fusion: no {fuse} stage")

@@ -104,6 +104,14 @@ def test_onnx_export_gives_the_checkpoint_probabilities(tmp_path):
     crops = [rng.integers(0, 255, (s, s + 7, 3), dtype=np.uint8) for s in (20, 33, 64)]
     a, b = Classifier(p).classify(crops), OnnxClassifier(o).classify(crops)
     np.testing.assert_allclose(a, b, atol=1e-5)
+    # the same export in OpenVINO: same probabilities and metadata, any batch size (dynamic axis)
+    ov = load_classifier(o, batch=2, runtime="openvino")
+    np.testing.assert_allclose(ov.classify(crops), b, atol=1e-5)
+    assert ov.name.endswith(":openvino") and ov.temperature == 1.7 and ov.meta["source"] == "c.pt"
+    with pytest.raises(ValueError, match="OpenVINO"):
+        OnnxClassifier(o, device="cuda", runtime="openvino")
+    with pytest.raises(ValueError, match="unknown ONNX runtime"):
+        OnnxClassifier(o, runtime="tensorrt")
     assert isinstance(load_classifier(o), OnnxClassifier) and isinstance(load_classifier(p), Classifier)
     clf = load_classifier(o, batch=2)
     assert clf.task == "covid_rl" and clf.classes == TAXONOMIES["covid_rl"] and clf.temperature == 1.7

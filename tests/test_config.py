@@ -25,6 +25,7 @@ def test_field_choices_ranges_and_typo_hint():
     ("min_leukocytes: 200", "min_leukocytes: 0", "'min_leukocytes' must be in"),
     ("prognosis_threshold: 0.02", "prognosis_threshold: 2", "'prognosis_threshold' must be in"),
     ("crop_margin: 0.75", "crop_margn: 0.75", "did you mean 'crop_margin'"),
+    ("onnx_runtime: openvino", "onnx_runtime: tensorrt", "'onnx_runtime' must be one of"),
 ])
 def test_pipeline_config_refuses_out_of_range_values(tmp_path, line, new, match):
     from pipelines.pipeline import load_pipeline_config
@@ -45,3 +46,14 @@ def test_list_fields_check_their_size_and_each_item():
                      (["a", 230, 205], "must be in"), ([True, 230, 205], "must be in")):
         with pytest.raises(ConfigError, match=f"'white' {msg}"):
             validate({"white": bad}, schema, "cfg")
+
+
+def test_onnx_runtime_reaches_the_detector_and_every_cpu_config_names_one():
+    """The pipeline's onnx_runtime is the detector's runtime too; the shipped CPU configs run OpenVINO, gpu.yaml
+    (PyTorch weights) keeps the default."""
+    from pipelines.pipeline import load_pipeline_config
+
+    for name, runtime in (("default", "openvino"), ("fast", "openvino"), ("accurate", "openvino"),
+                          ("lowmag", "openvino"), ("eval_detection", "openvino"), ("gpu", "onnxruntime")):
+        cfg = load_pipeline_config(ROOT / "configs" / "pipeline" / f"{name}.yaml")
+        assert cfg["onnx_runtime"] == cfg["detector_cfg"]["runtime"] == runtime, name

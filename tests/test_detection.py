@@ -112,6 +112,14 @@ def test_onnx_export_matches_torch(tmp_path, tiny_yolo_cfg):
     # rect batches run through the dynamic-shape export too
     rect = build_detector({**cfg_o, "rect": True}).detect(imgs)
     assert len(rect) == 3 and all(d.xyxy.shape == (len(d), 4) for d in rect)
+    # OpenVINO runs the same file to the same detections, at any batch and input size
+    ov = build_detector({**cfg_o, "rect": True, "runtime": "openvino"})
+    assert ov.name.endswith(":openvino")
+    for got, ref in zip(ov.detect(imgs), rect):
+        assert len(got) == len(ref) and got.labels == ref.labels
+        np.testing.assert_allclose(got.scores, ref.scores, atol=1e-3)
+        np.testing.assert_allclose(got.xyxy, ref.xyxy, atol=0.05)
+    assert len(ov.detect(imgs[:1], imgsz=96)) == 1
     # int8: quantized from two calibration images, runs, keeps the contract
     from detection.yolo import quantize_onnx
 
