@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Export a trained YOLO detector or cell classifier to ONNX (dynamic batch) for ONNX Runtime.
+"""Export a trained YOLO detector or cell classifier to ONNX (dynamic batch) for OpenVINO / ONNX Runtime.
 
   python tools/export_onnx.py --config configs/detector/yolov8n_320.yaml --out detection/weights/yolov8n_320.onnx
   python tools/export_onnx.py --config configs/detector/yolov8n_320.yaml --int8 \
