@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
 RUNTIMES = ("onnxruntime", "openvino")
+
+
+def openvino_cache_dir() -> str | None:
+    """Where OpenVINO keeps compiled models between runs (about 1 s less start-up per run on a 2-core CPU):
+    ``$LEUKODIFF_OV_CACHE``, else ``$XDG_CACHE_HOME/leukodiff/openvino`` (``~/.cache/...``); None when that is set
+    empty or cannot be created. OpenVINO keys each entry by the model file, its settings and its own version."""
+    path = os.environ.get("LEUKODIFF_OV_CACHE")
+    if path is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        path = os.path.join(base, "leukodiff", "openvino")
+    if not path:
+        return None
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return None
+    return path if os.access(path, os.W_OK) else None
 
 
 def onnx_session(path: Path, device: str, what: str, runtime: str = "onnxruntime"):
@@ -40,8 +58,9 @@ def onnx_session(path: Path, device: str, what: str, runtime: str = "onnxruntime
 
 class OpenVinoSession:
     """An ONNX model compiled by OpenVINO for the CPU (latency hint: one stream over all cores, dynamic batch and
-    image axes kept), behind the part of ONNX Runtime's ``InferenceSession`` interface the pipeline uses. The
-    model's metadata (class names, a classifier's export record) is read from the file with ``onnx``."""
+    image axes kept; compiled models cached in ``openvino_cache_dir``), behind the part of ONNX Runtime's
+    ``InferenceSession`` interface the pipeline uses. The model's metadata (class names, a classifier's export
+    record) is read from the file with ``onnx``."""
 
     def __init__(self, path: Path):
         import onnx
@@ -52,7 +71,11 @@ class OpenVinoSession:
         weights = {t.name for t in proto.graph.initializer}
         self._inputs = [SimpleNamespace(name=i.name) for i in proto.graph.input if i.name not in weights]
         del proto
-        self.model = ov.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+        core = ov.Core()
+        cache = openvino_cache_dir()
+        if cache:
+            core.set_property({"CACHE_DIR": cache})
+        self.model = core.compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
         self.request = self.model.create_infer_request()
 
     def get_inputs(self):

@@ -91,8 +91,10 @@ def test_checkpoint_roundtrip_and_classifier(tmp_path):
         Classifier(tmp_path / "missing.pt")
 
 
-def test_onnx_export_gives_the_checkpoint_probabilities(tmp_path):
+def test_onnx_export_gives_the_checkpoint_probabilities(tmp_path, monkeypatch):
     import onnx
+
+    from core.onnxrt import openvino_cache_dir
 
     from classification.classifier import Classifier, OnnxClassifier, export_onnx, load_classifier
 
@@ -104,8 +106,13 @@ def test_onnx_export_gives_the_checkpoint_probabilities(tmp_path):
     crops = [rng.integers(0, 255, (s, s + 7, 3), dtype=np.uint8) for s in (20, 33, 64)]
     a, b = Classifier(p).classify(crops), OnnxClassifier(o).classify(crops)
     np.testing.assert_allclose(a, b, atol=1e-5)
-    # the same export in OpenVINO: same probabilities and metadata, any batch size (dynamic axis)
+    # the same export in OpenVINO: same probabilities and metadata, any batch size (dynamic axis); compiled models
+    # are cached where LEUKODIFF_OV_CACHE says (nowhere when it is empty)
+    monkeypatch.setenv("LEUKODIFF_OV_CACHE", "")
+    assert openvino_cache_dir() is None
+    monkeypatch.setenv("LEUKODIFF_OV_CACHE", str(tmp_path / "ov_cache"))
     ov = load_classifier(o, batch=2, runtime="openvino")
+    assert any((tmp_path / "ov_cache").iterdir())
     np.testing.assert_allclose(ov.classify(crops), b, atol=1e-5)
     assert ov.name.endswith(":openvino") and ov.temperature == 1.7 and ov.meta["source"] == "c.pt"
     with pytest.raises(ValueError, match="OpenVINO"):
