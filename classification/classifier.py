@@ -1,7 +1,7 @@
 """Classifier inference from a self-describing checkpoint (``classification.models.save_checkpoint``), in PyTorch
-(``.pt``) or in ONNX Runtime (``.onnx`` written by ``export_onnx``: the same network with normalization, temperature
-and softmax inside the graph, uint8 NHWC crops in, probabilities out, the checkpoint's metadata alongside).
-``load_classifier`` picks the runtime by the file's suffix; both give the same interface."""
+(``.pt``) or in ONNX Runtime / OpenVINO (``.onnx`` written by ``export_onnx``: the same network with normalization,
+temperature and softmax inside the graph, uint8 NHWC crops in, probabilities out, the checkpoint's metadata
+alongside). ``load_classifier`` picks PyTorch or ONNX by the file's suffix; all give the same interface."""
 
 from __future__ import annotations
 
@@ -260,7 +260,8 @@ ONNX_META_KEY = "leukodiff_classifier"
 
 
 class OnnxClassifier(_CropClassifier):
-    """A classifier exported by ``export_onnx``, run by ONNX Runtime; the interface of ``Classifier``."""
+    """A classifier exported by ``export_onnx``, run by ONNX Runtime or OpenVINO (``runtime``); the interface of
+    ``Classifier``."""
 
     def __init__(self, path, device: str = "cpu", batch: int = 64, runtime: str = "onnxruntime"):
         import json

@@ -7,7 +7,7 @@ backends also take ``detect(images, imgsz=N)`` (another input size, a multiple o
 config, ``build_detector`` wraps them in ``AutoScaleDetector``, which picks the input size per image from the size of
 its red cells and records it in ``Detections.imgsz``.
 
-Heavy libraries (torch, ultralytics, onnxruntime) are imported inside the backends.
+Heavy libraries (torch, ultralytics, onnxruntime, openvino) are imported inside the backends.
 """
 
 from __future__ import annotations

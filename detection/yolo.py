@@ -1,10 +1,9 @@
 """Ultralytics YOLO backends (YOLOv3u, YOLOv8/11 nano...) with the project's own batched pre/post-processing.
 
 Both backends share one path: letterbox every image to ``imgsz`` (square, or with ``rect`` the smallest multiple of
-32 that holds the batch), run the network on the batch (PyTorch or ONNX Runtime), decode the raw head output
-``(B, 4 + K, A)`` (``cx, cy, w, h`` in canvas pixels, then K class scores) with class-aware NMS, and map the boxes
-back to original pixels. Ultralytics' own ``predict`` is only the
-naive baseline of the benchmark.
+32 that holds the batch), run the network on the batch (PyTorch, ONNX Runtime or OpenVINO), decode the raw head
+output ``(B, 4 + K, A)`` (``cx, cy, w, h`` in canvas pixels, then K class scores) with class-aware NMS, and map the
+boxes back to original pixels. Ultralytics' own ``predict`` is only the naive baseline of the benchmark.
 """
 
 from __future__ import annotations
@@ -161,7 +160,8 @@ class YoloDetector:
 
 
 class OnnxYoloDetector:
-    """A YOLO network exported to ONNX (dynamic batch), run by ONNX Runtime; same pre/post-processing."""
+    """A YOLO network exported to ONNX (dynamic batch), run by ONNX Runtime or OpenVINO (config ``runtime``); same
+    pre/post-processing."""
 
     def __init__(self, cfg: dict, device: str = "cpu"):
 

@@ -102,7 +102,7 @@ def onnx_note(path: Path) -> str:
     info = json.loads(props.get(ONNX_META_KEY, "{}"))
     if info.get("source_sha256") != hashlib.sha256(path.read_bytes()).hexdigest():
         return f"; `{onnx_path.name}` is NOT an export of this checkpoint (re-export it)"
-    return (f"; `{onnx_path.name}` ({onnx_path.stat().st_size / 1e6:.1f} MB): its ONNX Runtime export "
+    return (f"; `{onnx_path.name}` ({onnx_path.stat().st_size / 1e6:.1f} MB): its ONNX export "
             "(`tools/export_onnx.py --classifier`), run by the default pipeline")
 
 
