@@ -30,7 +30,7 @@ def onnx_session(path: Path, device: str, what: str, runtime: str = "onnxruntime
     """A session for the ONNX model ``path`` on ``device`` (``cpu`` or ``cuda[:i]``) with ONNX Runtime's interface
     (``run(None, feeds)``, ``get_inputs()``, ``get_modelmeta().custom_metadata_map``). ``runtime``: ``onnxruntime``
     (full graph optimization, idle threads not spinning: measured 10-20% fewer fields/s with spinning, the decode
-    threads lose the cores) or ``openvino`` (CPU only; the same model file, about 2x faster on x86 CPUs here,
+    threads lose the cores) or ``openvino`` (CPU only; the same model file, 1.5-2x faster on x86 CPUs here,
     docs/RESULTS.md "Speed"). ``what`` names the model in errors. Raises ``ValueError`` for CUDA without a CUDA
     provider or with OpenVINO: the model would run on the CPU unnoticed."""
     if runtime not in RUNTIMES:
@@ -60,7 +60,8 @@ class OpenVinoSession:
     """An ONNX model compiled by OpenVINO for the CPU (latency hint: one stream over all cores, dynamic batch and
     image axes kept; compiled models cached in ``openvino_cache_dir``), behind the part of ONNX Runtime's
     ``InferenceSession`` interface the pipeline uses. The model's metadata (class names, a classifier's export
-    record) is read from the file with ``onnx``."""
+    record) is read from the file with ``onnx``. One inference request: call ``run`` from one thread at a time (the
+    pipeline does; each Ray actor builds its own)."""
 
     def __init__(self, path: Path):
         import onnx

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.config import REQUIRED, ConfigError, Field, validate
+from core.onnxrt import RUNTIMES
 from detection.base import Detections, letterbox, rect_canvas  # noqa: F401 (the package's contract)
 from detection.ssd import SSDDetector
 from detection.yolo import OnnxYoloDetector, YoloDetector
@@ -36,7 +37,7 @@ DETECTOR_SCHEMA = {
     "pretrained": Field(str, None, "opt-in pretrained checkpoint path/name for users online; never the default"),
     "half": Field(bool, False, "fp16 inference on CUDA"),
     "runtime": Field(str, "onnxruntime", "onnx: the runtime that runs the export (a pipeline config's onnx_runtime "
-                                         "sets it)", choices=("onnxruntime", "openvino")),
+                                         "sets it)", choices=RUNTIMES),
     "auto_scale": Field(bool, False, "yolo / onnx: detect a field again at a larger input size when its cells are "
                                      "small on the network input (lower magnification than the training fields), "
                                      "see AutoScaleDetector"),

@@ -33,6 +33,7 @@ from classification.classifier import (Classifier, check_classifier_config, fuse
 from classification.taxonomies import (UNFAMILIAR, UNIDENTIFIED, check_task, label_sets, refines, view_matrix,
                                        view_probs)
 from core.config import REQUIRED, ConfigError, Field, load_yaml, resolve_path, validate
+from core.onnxrt import RUNTIMES
 from detection import build_detector, check_detector_config
 from pipelines.crop import background_colour, crop_square
 from pipelines.differential import DIFFERENTIAL_SCHEMA
@@ -56,9 +57,9 @@ PIPELINE_SCHEMA = {
                                         "cells 0.8-1.8x); for exports framed wide or off-centre"),
     "differential": Field(dict, {}, "report settings, see pipelines.differential.DIFFERENTIAL_SCHEMA"),
     "onnx_runtime": Field(str, "onnxruntime", "what runs the .onnx models of the detector and classifiers on the "
-                                              "CPU: onnxruntime or openvino (same files, same outputs; openvino about "
-                                              "2x faster on x86, docs/RESULTS.md); .pt weights run in PyTorch",
-                          choices=("onnxruntime", "openvino")),
+                                              "CPU: onnxruntime or openvino (same files, same outputs; openvino "
+                                              "1.5-2x faster on x86, docs/RESULTS.md); .pt weights run in PyTorch",
+                          choices=RUNTIMES),
 }
 
 STAGE_SCHEMA = {
