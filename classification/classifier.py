@@ -16,7 +16,7 @@ from classification.preprocess import TTA_VIEWS, mean_logit_probs, resize_crops,
 from classification.schema import CLASSIFIER_SCHEMA, TRAIN_SCHEMA
 from classification.taxonomies import TAXONOMIES, VIEWS, refines
 from core.config import ConfigError, resolve_path, validate
-from core.onnxrt import onnx_session
+from core.onnxrt import onnx_session, runtime_tag
 
 
 def check_classifier_config(cfg: dict, where: str = "classifier config") -> dict:
@@ -279,8 +279,7 @@ class OnnxClassifier(_CropClassifier):
         self.task, self.classes = self.meta["task"], list(self.meta["classes"])
         self.input_size, self.temperature = int(self.meta["input_size"]), float(self.meta["temperature"])
         self.batch = batch
-        self.name = f"{self.task}:{self.meta['arch']}@{self.input_size}:{path.name}" + \
-            (":openvino" if runtime == "openvino" else "")
+        self.name = f"{self.task}:{self.meta['arch']}@{self.input_size}:{path.name}" + runtime_tag(runtime)
         self.path = path
 
     def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

@@ -9,6 +9,11 @@ from types import SimpleNamespace
 RUNTIMES = ("onnxruntime", "openvino")
 
 
+def runtime_tag(runtime: str) -> str:
+    """What a model's name gains when it runs outside ONNX Runtime (runs record it in fields.jsonl ``versions``)."""
+    return "" if runtime == "onnxruntime" else f":{runtime}"
+
+
 def openvino_cache_dir() -> str | None:
     """Where OpenVINO keeps compiled models between runs (about 1 s less start-up per run on a 2-core CPU):
     ``$LEUKODIFF_OV_CACHE``, else ``$XDG_CACHE_HOME/leukodiff/openvino`` (``~/.cache/...``); None when that is set
@@ -60,18 +65,14 @@ class OpenVinoSession:
     """An ONNX model compiled by OpenVINO for the CPU (latency hint: one stream over all cores, dynamic batch and
     image axes kept; compiled models cached in ``openvino_cache_dir``), behind the part of ONNX Runtime's
     ``InferenceSession`` interface the pipeline uses. The model's metadata (class names, a classifier's export
-    record) is read from the file with ``onnx``. One inference request: call ``run`` from one thread at a time (the
+    record) is read from the file with ``onnx``; the inputs are the compiled model's. One inference request: call ``run`` from one thread at a time (the
     pipeline does; each Ray actor builds its own)."""
 
     def __init__(self, path: Path):
         import onnx
         import openvino as ov
 
-        proto = onnx.load(str(path), load_external_data=False)
-        self._meta = {p.key: p.value for p in proto.metadata_props}
-        weights = {t.name for t in proto.graph.initializer}
-        self._inputs = [SimpleNamespace(name=i.name) for i in proto.graph.input if i.name not in weights]
-        del proto
+        self._meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
         core = ov.Core()
         cache = openvino_cache_dir()
         if cache:
@@ -80,7 +81,7 @@ class OpenVinoSession:
         self.request = self.model.create_infer_request()
 
     def get_inputs(self):
-        return self._inputs
+        return [SimpleNamespace(name=i.get_any_name()) for i in self.model.inputs]
 
     def get_modelmeta(self):
         return SimpleNamespace(custom_metadata_map=dict(self._meta))

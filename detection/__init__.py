@@ -36,8 +36,8 @@ DETECTOR_SCHEMA = {
     "smax": Field(float, 0.9, "ssd300: largest default-box scale (Wang et al.: 0.9)", min=0.0, max=1.0),
     "pretrained": Field(str, None, "opt-in pretrained checkpoint path/name for users online; never the default"),
     "half": Field(bool, False, "fp16 inference on CUDA"),
-    "runtime": Field(str, "onnxruntime", "onnx: the runtime that runs the export (a pipeline config's onnx_runtime "
-                                         "sets it)", choices=RUNTIMES),
+    "runtime": Field(str, "onnxruntime", "onnx: the runtime that runs the export; in a pipeline its onnx_runtime "
+                                         "(a different value here is refused)", choices=RUNTIMES),
     "auto_scale": Field(bool, False, "yolo / onnx: detect a field again at a larger input size when its cells are "
                                      "small on the network input (lower magnification than the training fields), "
                                      "see AutoScaleDetector"),

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from core.config import resolve_path
-from core.onnxrt import onnx_session
+from core.onnxrt import onnx_session, runtime_tag
 from detection.base import Detections, letterbox, rect_canvas
 
 
@@ -180,7 +180,7 @@ class OnnxYoloDetector:
         else:
             self.classes = list(cfg["classes"])
         self.input_name = self.session.get_inputs()[0].name
-        self.name = f"onnx:{path.name}@{cfg['imgsz']}" + (":openvino" if cfg["runtime"] == "openvino" else "")
+        self.name = f"onnx:{path.name}@{cfg['imgsz']}" + runtime_tag(cfg["runtime"])
 
     def detect(self, images: list[np.ndarray], imgsz: int | None = None) -> list[Detections]:
         """See the ``detection`` module contract; ``imgsz`` overrides the config's input size (multiple of 32)."""

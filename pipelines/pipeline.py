@@ -86,10 +86,13 @@ def load_pipeline_config(path) -> dict:
     """Read and validate a pipeline YAML, its stages and the configs they name."""
 
     cfg = validate(load_yaml(path), PIPELINE_SCHEMA, str(path))
-    cfg["detector_cfg"] = check_detector_config(load_yaml(resolve_path(cfg["detector"])), cfg["detector"])
+    det_raw = load_yaml(resolve_path(cfg["detector"]))
+    if det_raw.get("runtime", cfg["onnx_runtime"]) != cfg["onnx_runtime"]:
+        raise ConfigError(f"{path}: the detector config {cfg['detector']} sets runtime '{det_raw['runtime']}', the "
+                          f"pipeline's onnx_runtime is '{cfg['onnx_runtime']}': set it once, in the pipeline config")
+    cfg["detector_cfg"] = check_detector_config({**det_raw, "runtime": cfg["onnx_runtime"]}, cfg["detector"])
     if cfg["detector_conf"] is not None:
         cfg["detector_cfg"]["conf"] = cfg["detector_conf"]
-    cfg["detector_cfg"]["runtime"] = cfg["onnx_runtime"]
     stages = []
     for i, st in enumerate(cfg["classifiers"]):
         if not isinstance(st, dict):

@@ -57,3 +57,18 @@ def test_onnx_runtime_reaches_the_detector_and_every_cpu_config_names_one():
                           ("lowmag", "openvino"), ("eval_detection", "openvino"), ("gpu", "onnxruntime")):
         cfg = load_pipeline_config(ROOT / "configs" / "pipeline" / f"{name}.yaml")
         assert cfg["onnx_runtime"] == cfg["detector_cfg"]["runtime"] == runtime, name
+
+
+def test_a_detector_runtime_that_contradicts_the_pipeline_is_refused(tmp_path):
+    from pipelines.pipeline import load_pipeline_config
+
+    det = (ROOT / "configs" / "detector" / "yolov8n_320_int8.yaml").read_text().replace(
+        "detection/weights", str(ROOT / "detection" / "weights"))
+    (tmp_path / "det.yaml").write_text(det + "runtime: onnxruntime\n")
+    text = (ROOT / "configs" / "pipeline" / "default.yaml").read_text()
+    (tmp_path / "p.yaml").write_text(text.replace("detector: configs/detector/yolov8n_320_int8.yaml",
+                                                  f"detector: {tmp_path / 'det.yaml'}"))
+    with pytest.raises(ConfigError, match="set it once, in the pipeline config"):
+        load_pipeline_config(tmp_path / "p.yaml")
+    (tmp_path / "det.yaml").write_text(det + "runtime: openvino\n")  # the same value is fine
+    assert load_pipeline_config(tmp_path / "p.yaml")["detector_cfg"]["runtime"] == "openvino"
