@@ -8,8 +8,9 @@ What is counted (documented in the README):
 - platelets: detector ``Platelets`` boxes plus cells classified ``platelet``; ``unidentified`` and ``unfamiliar``
   cells (too uncertain; unlike the training laboratories' cells): counted apart.
 - domain shift: the smear's cells as a whole are unlike the training laboratories' (median familiarity score
-  ``ood`` or share of ``unfamiliar`` cells over the thresholds): the ``domain_shift`` flag says the differential is
-  not reliable for this smear.
+  ``ood`` or share of ``unfamiliar`` cells over the thresholds), or the classifier is unsure of them (mean top-class
+  probability ``score`` under its threshold): the ``domain_shift`` flag says the differential is not reliable for
+  this smear.
 - prognosis: ``n`` = lymphoid cells the ``covid_rl`` classifier saw and did not leave unidentified, ``k`` = those
   whose final label is ``covid_rl``.
 """
@@ -41,6 +42,10 @@ DIFFERENTIAL_SCHEMA = {
                                                  "smear's scored cells is above this", min=0.0),
     "domain_shift_unfamiliar_share": Field(float, 0.3, "... or when this share of its scored cells is unfamiliar",
                                            min=0.0, max=1.0),
+    # 0.85: about the 0.5th percentile of the mean score of 20-cell pseudo-smears of held-out PBC cells (val 0.846,
+    # test 0.851; lmu_aml's are higher): a smear of a training laboratory is rarely under it (tools/eval_guard.py)
+    "domain_shift_min_confidence": Field(float, 0.85, "... or when the mean top-class probability (score) of its "
+                                                      "classified leukocytes is below this (0: off)", min=0.0, max=1.0),
     "domain_shift_min_cells": Field(int, 3, "scored cells needed before the smear-level guard decides", min=1),
 }
 
@@ -96,9 +101,10 @@ class SmearTally:
     covid_ran: bool = False
     lymphoid_n: int = 0
     covid_k: int = 0
-    low_confidence: int = 0
     unfamiliar: int = 0
     ood: list[float] = field(default_factory=list)  # familiarity scores of the smear's classified leukocyte boxes
+    score_sum: float = 0.0  # sum and count of the top-class probabilities (``score``) of those boxes
+    scored: int = 0
     fields_unanalysable: int = 0  # fields with detector warnings (FieldResult.warnings): cells not counted
     unanalysable_reasons: list[str] = field(default_factory=list)  # one example per kind of reason
     unanalysable_kinds: set[str] = field(default_factory=set)  # those kinds (digits masked)
@@ -134,6 +140,9 @@ class SmearTally:
             classes = c.get("classes") or {}
             if classes:
                 self.classified += 1
+                if c.get("score") is not None:
+                    self.score_sum += float(c["score"])
+                    self.scored += 1
             if c.get("ood") is not None:
                 self.ood.append(float(c["ood"]))
             if "covid_rl" in classes:
@@ -186,21 +195,35 @@ def familiarity(tally: SmearTally) -> dict | None:
             "unfamiliar_share": round(tally.unfamiliar / len(tally.ood), 4)}
 
 
-def domain_shift(tally: SmearTally, cfg: dict) -> str | None:
-    """The ``domain_shift`` flag's sentence when the smear's scored cells as a whole are unlike the training
-    laboratories' (median ``ood`` or unfamiliar share over the config's thresholds), else None."""
-    fam = familiarity(tally)
-    if fam is None or fam["cells"] < cfg["domain_shift_min_cells"]:
+def confidence(tally: SmearTally) -> dict | None:
+    """The classifier's confidence on the smear: classified leukocytes with a score, their mean top-class
+    probability; None when none."""
+    if not tally.scored:
         return None
+    return {"cells": tally.scored, "mean_score": round(tally.score_sum / tally.scored, 4)}
+
+
+def domain_shift(tally: SmearTally, cfg: dict) -> str | None:
+    """The ``domain_shift`` flag's sentence when the smear's cells as a whole are unlike the training laboratories'
+    (median ``ood`` or unfamiliar share over the config's thresholds) or the classifier is unsure of them (mean
+    score under ``domain_shift_min_confidence``), each judged on at least ``domain_shift_min_cells`` cells; else
+    None."""
     why = []
-    if fam["median_ood"] > cfg["domain_shift_median_ood"]:
-        why.append(f"median familiarity score {fam['median_ood']:.2f} > {cfg['domain_shift_median_ood']:g}")
-    if fam["unfamiliar_share"] > cfg["domain_shift_unfamiliar_share"]:
-        why.append(f"{tally.unfamiliar} of {fam['cells']} cells unfamiliar "
-                   f"(> {cfg['domain_shift_unfamiliar_share']:.0%})")
+    fam, conf, least = familiarity(tally), confidence(tally), cfg["domain_shift_min_cells"]
+    if fam is not None and fam["cells"] >= least:
+        if fam["median_ood"] > cfg["domain_shift_median_ood"]:
+            why.append(f"median familiarity score {fam['median_ood']:.2f} > {cfg['domain_shift_median_ood']:g}")
+        if fam["unfamiliar_share"] > cfg["domain_shift_unfamiliar_share"]:
+            why.append(f"{tally.unfamiliar} of {fam['cells']} cells unfamiliar "
+                       f"(> {cfg['domain_shift_unfamiliar_share']:.0%})")
+    t = cfg["domain_shift_min_confidence"]
+    if t > 0 and conf is not None and conf["cells"] >= least and conf["mean_score"] < t:
+        why.append(f"the classifier is unsure of its cells: mean top-class probability {conf['mean_score']:.2f} "
+                   f"< {t:g}")
     if not why:
         return None
-    return ("this smear's cells are unlike the laboratories the classifiers learned from (" + "; ".join(why) +
+    return ("this smear's cells are unlike the laboratories the classifiers learned from, or hard for them (" +
+            "; ".join(why) +
             "): the differential is not reliable for it. Review the cells, then adapt the classifier to your "
             "laboratory with about 20 labelled cells per class (tools/adapt_classifier.py --labels; README, "
             "Running on your laboratory's captures)")
@@ -247,5 +270,5 @@ def smear_report(tally: SmearTally, cfg: dict) -> dict:
             "failed_paths": tally.failed_paths, "leukocytes_counted": n, "differential": diff,
             "nrbc": {"count": tally.nrbc, "per_100_wbc": round(100 * tally.nrbc / n, 2) if n else None},
             "platelets": tally.platelets, "unidentified": tally.unidentified, "unfamiliar": tally.unfamiliar,
-            "familiarity": familiarity(tally), "other_cells": tally.other_cells,
+            "familiarity": familiarity(tally), "confidence": confidence(tally), "other_cells": tally.other_cells,
             "ci_method": cfg["ci_method"], "flags": flags, "prognosis": prognosis(tally, cfg)}

@@ -298,6 +298,29 @@ def test_domain_shift_flag_from_familiarity():
     assert "domain_shift" not in [f["flag"] for f in smear([5.0, 5.0], ["unfamiliar"] * 2)["flags"]]  # too few
 
 
+def test_domain_shift_flag_from_confidence():
+    """Familiar cells the classifier is unsure of (mean top-class probability under domain_shift_min_confidence)
+    flag the smear too; the threshold 0 turns that off; too few scored cells decide nothing."""
+    from core.config import validate
+    from pipelines.differential import DIFFERENTIAL_SCHEMA, SmearTally, smear_report
+
+    def smear(scores, **cfg):
+        t = SmearTally("s")
+        t.add({"error": None, "cells": [{"label": "neutrophil", "det_label": "WBC", "classes": {"pbc8": {}},
+                                         "score": s, "ood": 1.0} for s in scores]
+               + [{"label": "RBC", "det_label": "RBC", "score": 0.1}]}, {"WBC"})  # not a classified leukocyte
+        rep = smear_report(t, validate({"min_leukocytes": 1, **cfg}, DIFFERENTIAL_SCHEMA, "test"))
+        return rep, [f["detail"] for f in rep["flags"] if f["flag"] == "domain_shift"]
+
+    rep, flag = smear([0.95, 0.9, 0.99, 0.88])
+    assert not flag and rep["confidence"] == {"cells": 4, "mean_score": 0.93}
+    rep, flag = smear([0.7, 0.9, 0.8, 0.6])
+    assert flag and "mean top-class probability 0.75 < 0.85" in flag[0] and "median familiarity" not in flag[0]
+    assert not smear([0.7, 0.9, 0.8, 0.6], domain_shift_min_confidence=0.0)[1]
+    assert smear([0.7, 0.9, 0.8, 0.6], domain_shift_min_confidence=0.7)[1] == []
+    assert not smear([0.5, 0.5], domain_shift_min_cells=3)[1]
+
+
 def test_adapt_with_labels_writes_a_runnable_pipeline(tmp_path, tiny_models):
     """--labels: a tiny fine13 network adapted on coloured cells of a 'new lab' learns them, and DIR/pipeline.yaml
     runs through infer_field with the adapted weights."""

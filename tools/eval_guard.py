@@ -12,7 +12,8 @@ Cell sets, every cell through the config's classifier cascade as in a run: PBC t
 cells of the training laboratories: the reference, never fitted on), BCCD test and TXL-PBC test fields' detected
 leukocytes, and the leukocytes of ``--synthetic`` rendered demo fields (cartoon cells: the guard must fire).
 Pseudo-smears: ``--draws`` random draws of ``--smear-size`` cells of one set (without replacement), each judged by
-the pipeline's own ``domain_shift`` rule (``pipelines.differential``) with the config's thresholds.
+the pipeline's own ``domain_shift`` rule (``pipelines.differential``: median familiarity, unfamiliar share, mean
+top-class probability) with the config's thresholds.
 
 Rows:
 - ``shipped``: the score as shipped. BCCD and TXL-PBC train + val cells are among its fitted cells (and the
@@ -39,7 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 REFERENCE = ("pbc_test", "lmu_test")
-MEDIAN_THRESHOLDS = (1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.8, 2.0, 2.5, 3.0)
+SWEEPS = {"domain_shift_median_ood": (1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.8, 2.0, 2.5, 3.0),
+          "domain_shift_min_confidence": (0.0, 0.8, 0.82, 0.84, 0.85, 0.86, 0.88, 0.9)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         s["verdicts"] = []
         for i in range(0, len(s["crops"]), 256):
             s["verdicts"] += pipe.classify(s["crops"][i:i + 256])[0]
+        s["score"] = np.array([np.nan if v.score is None else v.score for v in s["verdicts"]], float)
     shipped = {k: {"ood": np.array([v.ood for v in s["verdicts"]], float),
                    "threshold": stage.ood_threshold} for k, s in sets.items()}
     rows = {"shipped": judge(sets, shipped, cfg["differential"], args)}
@@ -171,7 +174,10 @@ def judge(sets: dict, scores: dict, diff_cfg: dict, args) -> dict:
         for _ in range(args.draws):
             idx = rng.choice(len(ood), n, replace=False)
             unfamiliar = ood[idx] > thr
-            tally = SmearTally("pseudo", ood=[float(v) for v in ood[idx]], unfamiliar=int(unfamiliar.sum()))
+            sc = s["score"][idx]
+            sc = sc[~np.isnan(sc)]
+            tally = SmearTally("pseudo", ood=[float(v) for v in ood[idx]], unfamiliar=int(unfamiliar.sum()),
+                               score_sum=float(sc.sum()), scored=len(sc))
             tallies.append(tally)
             flagged.append(domain_shift(tally, diff_cfg) is not None)
             med.append(float(np.median(ood[idx])))
@@ -200,16 +206,16 @@ def judge(sets: dict, scores: dict, diff_cfg: dict, args) -> dict:
 
 
 def sweep(smears: dict, diff_cfg: dict) -> list[dict]:
-    """The guard's operating points: for each median threshold (``domain_shift_median_ood``; the unfamiliar-share
-    rule as configured), the share of each set's pseudo-smears flagged and, for labelled sets, the rule kept."""
+    """The guard's operating points: for each threshold of ``SWEEPS`` (one key varied, the others as configured),
+    the share of each set's pseudo-smears flagged and, for labelled sets, the rule kept."""
     import numpy as np
 
     from pipelines.differential import domain_shift
 
     out = []
-    for t in MEDIAN_THRESHOLDS:
-        cfg = {**diff_cfg, "domain_shift_median_ood": t}
-        row = {"median_ood": t}
+    for key, t in ((k, t) for k, ts in SWEEPS.items() for t in ts):
+        cfg = {**diff_cfg, key: t}
+        row = {"key": key, "value": t}
         for k, sm in smears.items():
             flagged = [domain_shift(x, cfg) is not None for x in sm["tallies"]]
             row[f"{k}_flagged"] = round(float(np.mean(flagged)), 4)
@@ -234,13 +240,14 @@ def table(rows: dict, smear_size: int) -> str:
                          f"{fmt(r.get('rule_kept'))} |")
     for row, sets in rows.items():
         names = [k for k in sets if k != "sweep"]
-        lines += ["", f"Operating points ({row}): pseudo-smears flagged at each `domain_shift_median_ood` (rule kept "
-                  "where labelled)", "", "| median ood > | " + " | ".join(names) + " |",
-                  "|" + "---|" * (len(names) + 1)]
-        for p in sets["sweep"]:
-            cells = [f"{p[k + '_flagged']:.3f}" + (f" ({p[k + '_rule_kept']:.3f})" if k + "_rule_kept" in p else "")
-                     for k in names]
-            lines.append(f"| {p['median_ood']:g} | " + " | ".join(cells) + " |")
+        for key in SWEEPS:
+            lines += ["", f"Operating points ({row}): pseudo-smears flagged at each `{key}`, the other thresholds as "
+                      "configured (rule kept where labelled)", "", f"| {key} | " + " | ".join(names) + " |",
+                      "|" + "---|" * (len(names) + 1)]
+            for p in (p for p in sets["sweep"] if p["key"] == key):
+                cells = [f"{p[k + '_flagged']:.3f}" + (f" ({p[k + '_rule_kept']:.3f})" if k + "_rule_kept" in p
+                                                      else "") for k in names]
+                lines.append(f"| {p['value']:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

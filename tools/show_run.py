@@ -31,10 +31,11 @@ def main(argv: list[str] | None = None) -> int:
           f"cells {summary['cells']}, {summary['this_run']['fields_per_s']} fields/s")
     for p in reports:
         r = json.loads(p.read_text())
-        fam = r.get("familiarity") or {}
+        fam, conf = r.get("familiarity") or {}, r.get("confidence") or {}
         print(f"\nsmear {r['smear_id']}: {r['leukocytes_counted']} leukocytes in {r['fields_used']} fields, "
               f"platelets {r['platelets']}, unidentified {r['unidentified']}, unfamiliar {r.get('unfamiliar', 0)}"
-              + (f", median familiarity score {fam['median_ood']}" if fam else ""))
+              + (f", median familiarity score {fam['median_ood']}" if fam else "")
+              + (f", mean confidence {conf['mean_score']}" if conf else ""))
         for label, v in r["differential"].items():
             print(f"  {label:22s} {v['count']:4d}  {v['percent']:5.1f}%  95% CI {v['ci95'][0]:.1f}-{v['ci95'][1]:.1f}")
         for f in r["flags"]:
