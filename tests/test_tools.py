@@ -105,6 +105,26 @@ def test_eval_labs_illuminant_casts_every_image_and_refuses_bad_gains(capsys):
     assert "--illuminant" in capsys.readouterr().err
 
 
+def test_eval_labs_shifts_change_images_as_named_and_refuse_bad_values(capsys):
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import eval_labs
+
+    rng = np.random.default_rng(0)
+    im = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    tight = eval_labs.parse_shift("tight:0.5")(im)
+    assert tight.shape == (30, 40, 3) and (tight == im[15:45, 20:60]).all()
+    for kind in ("blur:2", "jpeg:30", "lowres:0.25"):
+        out = eval_labs.parse_shift(kind)(im)
+        assert out.shape == im.shape and out.dtype == np.uint8
+        assert out.astype(float).std() < im.astype(float).std() - 5  # noise is smoothed or lost, not kept
+    assert eval_labs.parse_shift(None) is None
+    for bad in ("fog:1", "jpeg:x", "lowres:2", "tight"):
+        assert eval_labs.main(["--configs", "x.yaml", "--out", "unused", "--shift", bad]) == 2
+        assert "--shift" in capsys.readouterr().err
+
+
 def test_background_white_tool_reads_your_cells(tmp_path, capsys):
     import cv2
     import numpy as np

@@ -20,9 +20,12 @@ Columns (every cell through the config's classifier cascade, as in a run; pre-cr
 laboratory's own cells (test-time adaptation; ``classification.models.adapt_batchnorm`` at ``--alpha``); needs
 ``.pt`` weights in the config. ``--illuminant R G B``: every image (cells and fields' crops) multiplied by these
 per-channel gains first: the same laboratories under another lamp or camera white point (e.g. ``1 0.9 0.55``, a
-yellow cast like some laboratories' exports). Writes OUT/labs.json and OUT/labs.md.
+yellow cast like some laboratories' exports). ``--shift KIND:VALUE``: every image blurred (``blur:1.5``), saved as JPEG
+(``jpeg:40``), down-sampled and back (``lowres:0.5``) or framed tighter (``tight:0.7``: the central 70%; a cell
+fills more of the crop, as in some laboratories' exports) first. Writes OUT/labs.json and OUT/labs.md.
 
   python tools/eval_labs.py --configs configs/pipeline/default.yaml --illuminant 1 0.9 0.55 --out out/eval/labs_yellow
+  python tools/eval_labs.py --configs configs/pipeline/default.yaml --shift jpeg:40 --out out/eval/labs_jpeg40
 """
 
 from __future__ import annotations
@@ -49,9 +52,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="at most N cells per set (smoke runs)")
     ap.add_argument("--illuminant", type=float, nargs=3, metavar=("R", "G", "B"), default=None,
                     help="per-channel gains applied to every image first (another lamp's colour)")
+    ap.add_argument("--shift", default=None, metavar="KIND:VALUE",
+                    help="an image shift applied to every image first (after --illuminant): " + ", ".join(
+                        f"{k}:V ({v[1]})" for k, v in SHIFTS.items()))
     args = ap.parse_args(argv)
     if args.illuminant and not all(0 < g <= 4 for g in args.illuminant):
         print("error: --illuminant gains must be in (0, 4]", file=sys.stderr)
+        return 2
+    try:
+        shift = parse_shift(args.shift)
+    except ValueError as e:
+        print(f"error: --shift: {e}", file=sys.stderr)
         return 2
 
     from classification.data import missing_cell_sets
@@ -67,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     images = {k: [read_image(p) for p, _ in v] for k, v in sets.items()}
     if args.illuminant:
         images = {k: [cast(im, args.illuminant) for im in v] for k, v in images.items()}
+    if shift:
+        images = {k: [shift(im) for im in v] for k, v in images.items()}
     print("cells: " + ", ".join(f"{k} {len(v)}" for k, v in sets.items()), flush=True)
     rows = {}
     for path in args.configs:
@@ -92,13 +105,65 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path}: " + json.dumps(rows[path]), flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "labs.json").write_text(json.dumps({"adabn": args.adabn, "alpha": args.alpha,
-                                                          "illuminant": args.illuminant,
+                                                          "illuminant": args.illuminant, "shift": args.shift,
                                                           "n": {k: len(v) for k, v in sets.items()}, "rows": rows},
                                                          indent=1))
     md = table(rows, args.adabn)
     (Path(args.out) / "labs.md").write_text(md + "\n")
     print(md)
     return 0
+
+
+def _blur(image, sigma):
+    import cv2
+
+    return cv2.GaussianBlur(image, (0, 0), sigma)
+
+
+def _jpeg(image, quality):
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1].copy()
+
+
+def _lowres(image, factor):
+    import cv2
+
+    h, w = image.shape[:2]
+    small = cv2.resize(image, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _tight(image, share):
+    h, w = image.shape[:2]
+    ch, cw = max(1, round(h * share)), max(1, round(w * share))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return image[top:top + ch, left:left + cw].copy()
+
+
+# kind -> (function(image, value), what the value is, valid range)
+SHIFTS = {"blur": (_blur, "Gaussian sigma in pixels of the image", (0.1, 10.0)),
+          "jpeg": (_jpeg, "JPEG quality", (5, 100)),
+          "lowres": (_lowres, "resolution kept: down-sampled by it, then back up", (0.1, 1.0)),
+          "tight": (_tight, "share of width and height kept around the centre: tighter framing", (0.3, 1.0))}
+
+
+def parse_shift(text: str | None):
+    """``KIND:VALUE`` (a key of ``SHIFTS``) -> a function RGB uint8 image -> shifted image; None for None."""
+    if not text:
+        return None
+    kind, _, value = text.partition(":")
+    if kind not in SHIFTS:
+        raise ValueError(f"unknown kind '{kind}'; valid: {', '.join(SHIFTS)}")
+    fn, what, (lo, hi) = SHIFTS[kind]
+    try:
+        v = float(value)
+    except ValueError:
+        raise ValueError(f"'{text}': the value after '{kind}:' must be a number ({what})") from None
+    if not lo <= v <= hi:
+        raise ValueError(f"'{text}': {what} must be in [{lo:g}, {hi:g}]")
+    return lambda image: fn(image, v)
 
 
 def cast(image, gains):
