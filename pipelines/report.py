@@ -121,6 +121,11 @@ def render_html(rep: dict, gallery_dir: Path) -> str:
     else:
         prog = f"<p class='muted'>off: {e(p['reason'])}</p>"
     nrbc = rep["nrbc"]
+    fam, conf = rep.get("familiarity"), rep.get("confidence")
+    guard = (f" Unfamiliar (unlike the training laboratories' cells, not counted): {rep.get('unfamiliar', 0)}."
+             + (f" Median familiarity score {fam['median_ood']:.2f} (about 1 on the training laboratories' cells)."
+                if fam else "")
+             + (f" Mean classifier confidence {conf['mean_score']:.2f} over {conf['cells']} cells." if conf else ""))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Smear {e(rep['smear_id'])}</title>
 <style>{CSS}</style></head><body>
 <h1>Smear {e(rep['smear_id'])}</h1>
@@ -130,7 +135,7 @@ def render_html(rep: dict, gallery_dir: Path) -> str:
 {_bar_svg(rep['differential'])}
 <p>Nucleated red cells: {nrbc['count']} ({nrbc['per_100_wbc'] if nrbc['per_100_wbc'] is not None else '–'} per 100
 WBC, not in the differential). Platelets: {rep['platelets']}. Unidentified (sent to review, not counted):
-{rep['unidentified']}.</p>
+{rep['unidentified']}.{e(guard)}</p>
 <h2>Flags</h2><ul>{flags}</ul>
 <h2>COVID-19 prognosis rule</h2>{prog}
 <h2>Cell gallery</h2>{_gallery(gallery_dir)}

@@ -419,7 +419,10 @@ def test_save_cams_writes_maps_gallery_hover_and_needs_torch_weights(tmp_path, t
     n = sum(1 for r in recs for c in r["cells"] if c["classes"])
     assert n and len(list((out / "cams").rglob("*.png"))) == n
     assert list((out / "smears").rglob("*.cam.jpg"))
-    assert "Grad-CAM" in (out / "smears" / "smear_01" / "report.html").read_text()
+    page = (out / "smears" / "smear_01" / "report.html").read_text()
+    assert "Grad-CAM" in page and "Mean classifier confidence" in page
+    rep = json.loads((out / "smears" / "smear_01" / "report.json").read_text())
+    assert 0 < rep["confidence"]["cells"] <= n and 0 < rep["confidence"]["mean_score"] <= 1
     from pipelines.review import field_cam_map
 
     rec = next(r for r in recs if any(c["classes"] for c in r["cells"]))
