@@ -183,6 +183,25 @@ def save_checkpoint(path: Path, model, arch: str, task: str, classes: list[str],
     return path
 
 
+def average_state_dicts(first: dict, second: dict, alpha: float) -> dict:
+    """``(1 - alpha) * first + alpha * second`` for every floating-point tensor of two state dicts of one network
+    (weights and batch-norm statistics; integer tensors such as batch-norm step counts are ``first``'s): weight-space
+    averaging of a network and a continuation of it ("model soup", Wortsman et al. 2022). Raises ``ValueError`` when
+    the keys or shapes differ or ``alpha`` is outside [0, 1]."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], not {alpha}")
+    if first.keys() != second.keys():
+        diff = sorted(set(first) ^ set(second))
+        raise ValueError(f"the networks differ: {len(diff)} tensor(s) in only one of them, e.g. {diff[:3]}")
+    out = {}
+    for k, a in first.items():
+        b = second[k]
+        if a.shape != b.shape:
+            raise ValueError(f"the networks differ: {k} is {tuple(a.shape)} in one, {tuple(b.shape)} in the other")
+        out[k] = (1.0 - alpha) * a + alpha * b.to(a.dtype) if a.is_floating_point() else a.clone()
+    return out
+
+
 def adapt_batchnorm(model, x_uint8, mean, std, alpha: float = 0.5, batch: int = 64, seed: int = 0) -> dict:
     """AdaBN: set every BatchNorm layer's running statistics to ``alpha * those of the crops x_uint8 (N, S, S, 3,
     prepared as at inference; each also rotated by 90 / 270 degrees and mirrored) + (1 - alpha) * the current

@@ -140,3 +140,38 @@ def test_background_white_tool_reads_your_cells(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "3 crops" in out and "mean [240.0, 200.0, 120.0]" in out
     assert background_white.main(["--images", str(tmp_path / "none")]) == 2
+
+
+def test_average_classifiers_averages_one_network_and_refuses_two(tmp_path, tiny_models, capsys):
+    """Weight-space average of two checkpoints of one network: every float tensor at (1 - alpha, alpha), the first's
+    metadata and temperature (--keep-temperature), a checkpoint the pipeline loads; different networks, an alpha
+    outside [0, 1] and --out over an input are refused."""
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import average_classifiers
+
+    from classification.classifier import Classifier
+    from classification.models import build_backbone, save_checkpoint
+    from classification.taxonomies import TAXONOMIES
+
+    a = tiny_models["pbc8_ckpt"]
+    torch.manual_seed(1)
+    b = save_checkpoint(tmp_path / "b.pt", build_backbone("tiny_cnn", 8), "tiny_cnn", "pbc8", TAXONOMIES["pbc8"], 32,
+                        (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), temperature=2.0)
+    out = tmp_path / "soup.pt"
+    assert average_classifiers.main([str(a), str(b), "--alpha", "0.25", "--out", str(out), "--keep-temperature"]) == 0
+    sa, sb, ck = (torch.load(p, map_location="cpu", weights_only=False) for p in (a, b, out))
+    floats = [k for k, v in ck["state_dict"].items() if v.is_floating_point()]
+    assert floats and not torch.equal(sa["state_dict"][floats[0]], sb["state_dict"][floats[0]])
+    for k in floats:
+        torch.testing.assert_close(ck["state_dict"][k], 0.75 * sa["state_dict"][k] + 0.25 * sb["state_dict"][k])
+    assert ck["temperature"] == 1.0 and ck["training"]["soup"]["alpha"] == 0.25 and ck["classes"] == sa["classes"]
+    assert Classifier(out).classify([np.zeros((40, 40, 3), np.uint8)]).shape == (1, 8)
+    capsys.readouterr()
+    for bad, why in (([str(a), str(tiny_models["wang11_ckpt"])], "differ in"), ([str(a), str(b), "--alpha", "1.5"],
+                     "alpha must be in"), ([str(a), str(b), "--out", str(a)], "give a new .pt path")):
+        args = bad + ([] if "--out" in bad else ["--out", str(tmp_path / "x.pt")]) + ["--keep-temperature"]
+        assert average_classifiers.main(args) == 2
+        assert why in capsys.readouterr().err
