@@ -370,7 +370,8 @@ def test_adapt_with_labels_writes_a_runnable_pipeline(tmp_path, tiny_models):
     a = ad.meta["adaptation"]
     assert a["held_back"] == 12 and a["train"] == 30 and a["held_back_after"]["accuracy"] >= 0.9
     assert len(ad.meta["ood"]["means"]) > len(ck["ood"]["means"])  # the lab's class means were added
-    assert "| accuracy |" in (out / "card.md").read_text()
+    card_text = (out / "card.md").read_text()
+    assert "| accuracy |" in card_text and "Confidence guard: the held-back cells' mean score" in card_text
     run = tmp_path / "run"
     assert infer([str(d), "--cells", "--out", str(run), "--config", str(out / "pipeline.yaml"), "--no-progress"]) == 0
     rec = [__import__("json").loads(x) for x in (run / "fields.jsonl").read_text().splitlines()]
