@@ -123,7 +123,7 @@ def _blur(image, sigma):
 def _jpeg(image, quality):
     import cv2
 
-    ok, buf = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    _, buf = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     return cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1].copy()
 
 
