@@ -65,8 +65,8 @@ class OpenVinoSession:
     """An ONNX model compiled by OpenVINO for the CPU (latency hint: one stream over all cores, dynamic batch and
     image axes kept; compiled models cached in ``openvino_cache_dir``), behind the part of ONNX Runtime's
     ``InferenceSession`` interface the pipeline uses. The model's metadata (class names, a classifier's export
-    record) is read from the file with ``onnx``; the inputs are the compiled model's. One inference request: call ``run`` from one thread at a time (the
-    pipeline does; each Ray actor builds its own)."""
+    record) is read from the file with ``onnx``; the inputs are the compiled model's. One inference request: call
+    ``run`` from one thread at a time (the pipeline does; each Ray actor builds its own)."""
 
     def __init__(self, path: Path):
         import onnx

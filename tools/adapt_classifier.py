@@ -296,8 +296,8 @@ def adapt_with_labels(args, weights: Path, out: Path, alpha: float, err) -> int:
     (out / "pipeline.yaml").write_text(f"# {args.config} with the classifier adapted by tools/adapt_classifier.py "
                                        f"--labels {args.labels} ({datetime.date.today().isoformat()})\n"
                                        + yaml.safe_dump(cfg, sort_keys=False))
-    meta["adaptation"]["guard"] = held_confidence(out / "pipeline.yaml", [images[i] for i in held])
-    (out / "card.md").write_text(card(meta["adaptation"], weights, args))
+    guard = held_confidence(out / "pipeline.yaml", [images[i] for i in held])
+    (out / "card.md").write_text(card(meta["adaptation"], weights, args, guard))
     print(json.dumps({"out": str(out), "held_back_before": before.get("accuracy"),
                       "held_back_after_adabn": after_bn.get("accuracy"), "held_back_after": after.get("accuracy"),
                       "pipeline": str(out / "pipeline.yaml")}))
@@ -315,8 +315,9 @@ def held_confidence(pipeline_yaml: Path, held_images: list) -> dict:
             "min_confidence": cfg["differential"]["domain_shift_min_confidence"]}
 
 
-def card(a: dict, weights: Path, args) -> str:
-    """The adapted classifier's card: what it was adapted on and its accuracy before / after."""
+def card(a: dict, weights: Path, args, guard: dict) -> str:
+    """The adapted classifier's card: what it was adapted on, its accuracy before / after, and what the confidence
+    guard will see (``held_confidence``)."""
     rows = []
     for lab in sorted(a["held_back_after"].get("per_label", {})):
         rows.append(f"| {lab} | {a['held_back_before']['per_label'].get(lab)} | "
@@ -332,7 +333,7 @@ def card(a: dict, weights: Path, args) -> str:
         f"| accuracy | {b.get('accuracy')} | {m.get('accuracy')} | {f.get('accuracy')} |",
         f"| mean class accuracy | {b.get('mean_class_accuracy')} | {m.get('mean_class_accuracy')} | "
         f"{f.get('mean_class_accuracy')} |", "", "| class | shipped | after AdaBN | adapted |", "|---|---|---|---|",
-        *rows, "", guard_sentence(a["guard"]), "",
+        *rows, "", guard_sentence(guard), "",
         "Few held-back cells give wide uncertainty: check the adapted pipeline on more labelled cells of yours.",
         "Classes your labels do not contain are not checked by the held-back cells, and fine-tuning on a few classes "
         "can cost the others (measured: adapted on lmu_aml's blasts and neutrophils only, wang11 mean class accuracy "

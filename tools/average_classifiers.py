@@ -34,40 +34,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-temperature", action="store_true", help="keep FIRST's temperature instead of refitting")
     args = ap.parse_args(argv)
 
-    import torch
-
-    from classification.models import average_state_dicts, build_backbone, group_norm_model, save_checkpoint
+    from classification.models import average_state_dicts, load_checkpoint, save_checkpoint
 
     out = Path(args.out)
     paths = [Path(args.first), Path(args.second)]
     if out.suffix.lower() != ".pt" or out.resolve() in [p.resolve() for p in paths]:
         print(f"error: --out {out}: give a new .pt path (not one of the inputs)", file=sys.stderr)
         return 2
-    cks = []
+    loaded = []
     for p in paths:
         try:
-            cks.append(torch.load(p, map_location="cpu", weights_only=False))
-        except (OSError, RuntimeError, EOFError) as e:
-            print(f"error: {p}: cannot read a checkpoint ({e})", file=sys.stderr)
+            loaded.append(load_checkpoint(p))
+        except (OSError, RuntimeError, EOFError, ValueError) as e:
+            print(f"error: {p}: cannot read a classifier checkpoint ({e})", file=sys.stderr)
             return 2
-        if not isinstance(cks[-1], dict) or "state_dict" not in cks[-1]:
-            print(f"error: {p}: not a leukodiff classifier checkpoint", file=sys.stderr)
-            return 2
-    a, b = cks
+    (model, a), (second, b) = loaded
     differ = [k for k in SAME if a.get(k) != b.get(k)]
     if differ:
         print(f"error: the checkpoints differ in {', '.join(differ)}: not one network", file=sys.stderr)
         return 2
     try:
-        state = average_state_dicts(a["state_dict"], b["state_dict"], args.alpha)
+        model.load_state_dict(average_state_dicts(model.state_dict(), second.state_dict(), args.alpha))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    model = build_backbone(a["arch"], len(a["classes"]))
-    if a.get("norm") == "group":
-        group_norm_model(model)
-    model.load_state_dict(state)
-    model.eval()
     training = {**a["training"], "soup": {"first": str(paths[0]), "second": str(paths[1]), "alpha": args.alpha,
                                           "temperatures": [a["temperature"], b["temperature"]]}}
 
