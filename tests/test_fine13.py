@@ -83,7 +83,7 @@ def test_package_weights_load_into_timm_lite0():
 def test_lab_spanning_augmentation():
     import torch
 
-    from classification.train import augment, background_tint, hed_jitter, jpeg_degrade
+    from classification.train import augment, background_tint, hed_jitter, jpeg_degrade, stain_vector_jitter
 
     gen = torch.Generator().manual_seed(0)
     rng = np.random.default_rng(0)
@@ -92,6 +92,13 @@ def test_lab_spanning_augmentation():
     np.testing.assert_allclose(y.numpy(), x.numpy(), atol=1e-4)  # strength 0: the round trip only
     z = hed_jitter(x, 0.1, gen)
     assert z.shape == x.shape and float((z - x).abs().mean()) > 1e-3 and 0 <= float(z.min()) <= float(z.max()) <= 1
+    np.testing.assert_allclose(stain_vector_jitter(x, 0.0, gen).numpy(), x.numpy(), atol=1e-4)
+    cell = torch.ones(4, 3, 16, 16)  # white background (optical density 0) ...
+    cell[:, :, 4:12, 4:12] = torch.tensor([0.35, 0.15, 0.45]).view(1, 3, 1, 1)  # ... around a purple nucleus
+    v = stain_vector_jitter(cell, 0.2, gen)
+    assert float((v[:, :, :4] - 1).abs().max()) < 1e-4  # unstained background keeps its colour
+    hue = v[:, :, 8, 8] / v[:, :, 8, 8].sum(1, keepdim=True)
+    assert float(hue.std(0).max()) > 0.01 and 0 <= float(v.min()) <= float(v.max()) <= 1  # nuclei change colour
     img = torch.zeros(2, 3, 16, 16)
     img[:, :, :8] = 0.95  # bright background on top, dark cell below
     t = background_tint(img, 0.2, gen)
