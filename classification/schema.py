@@ -81,8 +81,8 @@ TRAIN_SCHEMA = {
     "hed": Field(float, 0.0, "stain jitter in haematoxylin-eosin-DAB optical-density space (Tellez et al. 2018): "
                              "each channel scaled by 1 +- hed and shifted by +- hed / 2 (other labs' stain batches); "
                              "0 = off"),
-    "stain_vectors": Field(float, 0.0, "stain colour jitter: the haematoxylin / eosin / DAB optical-density vectors "
-                                       "each crop is re-mixed with move by up to this per component (another "
+    "stain_vectors": Field(float, 0.0, "stain colour jitter: each crop is re-mixed with haematoxylin / eosin / "
+                                       "DAB optical-density vectors moved by up to this per component (another "
                                        "laboratory's dyes: bluer or more magenta nuclei); 0 = off", min=0.0, max=1.0),
     "tint": Field(float, 0.0, "background tint: the bright (background) pixels of each crop get a random colour "
                               "cast of up to this per channel (yellow or grey backgrounds of other cameras); 0 = off"),

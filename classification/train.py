@@ -90,10 +90,10 @@ def hed_jitter(x, strength: float, gen):
 def stain_vector_jitter(x, strength: float, gen):
     """Another laboratory's stain *colours*: each crop's optical density is unmixed with Ruifrok & Johnston's stain
     vectors and mixed again with vectors moved by up to ``strength`` per component (then unit length), so a nucleus
-    can turn bluer or more magenta and cytoplasm pinker or greyer, while concentrations (hed_jitter's part) stay and
-    the unstained background (optical density 0) keeps its colour. Nucleus optical-density directions of the
-    laboratories here lie 7-32 degrees from the haematoxylin vector (docs/RESULTS.md); 0.2 moves a vector up to
-    about 15 degrees. (N, 3, S, S) in [0, 1]."""
+    can turn bluer or more magenta and cytoplasm pinker or greyer, while concentrations (hed_jitter's part) stay;
+    white (optical density 0) stays white, a tinted background moves a little. Nucleus optical-density directions of
+    the laboratories here lie 7-32 degrees from the haematoxylin vector (docs/RESULTS.md); 0.2 turns the
+    haematoxylin vector by 8.6 degrees median, 14.7 at the 95th percentile. (N, 3, S, S) in [0, 1]."""
     import torch
 
     n = x.shape[0]
