@@ -243,8 +243,14 @@ def smear_report(tally: SmearTally, cfg: dict) -> dict:
         flags.append({"flag": "low_count", "detail": f"{n} leukocytes counted (< {cfg['min_leukocytes']}): "
                                                        "percentages are imprecise; count more fields"})
     blasts = sum(tally.leukocytes.get(b, 0) for b in BLASTS)
+    shift = domain_shift(tally, cfg)
     if blasts:
-        flags.append({"flag": "blasts_present", "detail": f"{blasts} blast(s): review the cells"})
+        # On a laboratory the classifier never learned, its stain alone can make normal leukocytes look like blasts
+        # (docs/RESULTS.md "Stain colour": 21-49% of an unseen laboratory's normal leukocytes): the flag stays, but
+        # says so when the smear is flagged domain_shift.
+        flags.append({"flag": "blasts_present", "detail": f"{blasts} blast(s): review the cells" + (
+            "; this smear is also flagged domain_shift, and on a laboratory the classifier did not learn its stain "
+            "alone can make normal leukocytes look like blasts to it: confirm each one on the slide" if shift else "")})
     ig = sum(tally.leukocytes.get(b, 0) for b in IMMATURE_GRANULOCYTES)
     if n and ig / n > cfg["ig_threshold"]:
         flags.append({"flag": "immature_granulocytes", "detail": f"{ig} immature granulocytes = {ig / n:.1%} "
@@ -258,7 +264,6 @@ def smear_report(tally: SmearTally, cfg: dict) -> dict:
         flags.append({"flag": "unanalysable", "detail": f"{tally.fields_unanalysable} field(s) could not be read by "
                       "the detector and were not counted (e.g. " + "; ".join(tally.unanalysable_reasons) + "): capture "
                       "them at 100x oil, or check that they are blood smear fields"})
-    shift = domain_shift(tally, cfg)
     if shift:
         flags.append({"flag": "domain_shift", "detail": shift})
     if tally.fields_rescaled:

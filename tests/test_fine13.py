@@ -328,6 +328,27 @@ def test_domain_shift_flag_from_confidence():
     assert not smear([0.5, 0.5], domain_shift_min_cells=3)[1]
 
 
+def test_blasts_on_a_shifted_smear_say_so():
+    """blasts_present stays on a smear flagged domain_shift, and says that an unlearnt stain can make normal cells look
+    like blasts; on a familiar smear it is the plain sentence."""
+    from core.config import validate
+    from pipelines.differential import DIFFERENTIAL_SCHEMA, SmearTally, smear_report
+
+    def blast_flag(score):
+        t = SmearTally("s")
+        t.add({"error": None, "cells": [{"label": lab, "det_label": "WBC", "classes": {"pbc8": {}}, "score": score,
+                                         "ood": 1.0} for lab in ["blast", "lymphocyte", "neutrophil", "monocyte"]]},
+              {"WBC"})
+        flags = {f["flag"]: f["detail"] for f in smear_report(t, validate({"min_leukocytes": 1}, DIFFERENTIAL_SCHEMA,
+                                                                          "test"))["flags"]}
+        return flags["blasts_present"], "domain_shift" in flags
+
+    plain, shifted = blast_flag(0.97)
+    assert not shifted and plain == "1 blast(s): review the cells"
+    detail, shifted = blast_flag(0.6)
+    assert shifted and detail.startswith("1 blast(s): review the cells; ") and "confirm each one on the slide" in detail
+
+
 def test_adapt_with_labels_writes_a_runnable_pipeline(tmp_path, tiny_models):
     """--labels: a tiny fine13 network adapted on coloured cells of a 'new lab' learns them, and DIR/pipeline.yaml
     runs through infer_field with the adapted weights."""
