@@ -64,6 +64,17 @@ def scale_channels(image: np.ndarray, gains) -> np.ndarray:
     return cv2.LUT(np.ascontiguousarray(image), np.clip(lut, 0, 255).astype(np.uint8).reshape(1, 256, 3))
 
 
+def nucleus_od_direction(x: np.ndarray, share: float = 0.05) -> np.ndarray:
+    """Each crop's stain colour of its darkest part (the nucleus, in a leukocyte crop): the unit optical-density
+    vector (R, G, B) of the mean of its ``share`` darkest pixels (by summed optical density). uint8 NHWC -> (N, 3).
+    Laboratories differ here by 10-30 degrees (docs/RESULTS.md "Stain colour")."""
+    od = -np.log(np.clip(x.reshape(len(x), -1, 3).astype(np.float32) / 255.0, 1e-3, 1.0))
+    k = max(1, int(round(od.shape[1] * share)))
+    dark = np.argpartition(od.sum(2), od.shape[1] - k, axis=1)[:, -k:]
+    v = np.take_along_axis(od, dark[:, :, None], axis=1).mean(1)
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-6)
+
+
 def to_tensor(x_uint8: np.ndarray):
     """uint8 NHWC -> float NCHW in [0, 1]."""
     import torch

@@ -87,6 +87,18 @@ def hed_jitter(x, strength: float, gen):
     return torch.exp(-od).permute(0, 3, 1, 2).clamp(0, 1)
 
 
+def scale_stain(x, stain: int, factor: float):
+    """Every crop with one stain's concentration (0 haematoxylin, 1 eosin, 2 DAB; Ruifrok & Johnston's vectors)
+    multiplied by ``factor``: a stronger or weaker stain, its colour unchanged. (N, 3, S, S) in [0, 1]."""
+    import torch
+
+    m = torch.tensor(HED_FROM_RGB_INV, dtype=x.dtype)
+    m = m / m.norm(dim=1, keepdim=True)
+    conc = -torch.log(x.clamp(1e-3, 1)).flatten(2).transpose(1, 2) @ torch.linalg.inv(m)
+    conc[..., stain] *= factor
+    return torch.exp(-(conc @ m)).transpose(1, 2).reshape(x.shape).clamp(0, 1)
+
+
 def stain_vector_jitter(x, strength: float, gen):
     """Another laboratory's stain *colours*: each crop's optical density is unmixed with Ruifrok & Johnston's stain
     vectors and mixed again with vectors moved by up to ``strength`` per component (then unit length), so a nucleus

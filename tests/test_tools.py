@@ -175,3 +175,45 @@ def test_average_classifiers_averages_one_network_and_refuses_two(tmp_path, tiny
         args = bad + ([] if "--out" in bad else ["--out", str(tmp_path / "x.pt")]) + ["--keep-temperature"]
         assert average_classifiers.main(args) == 2
         assert why in capsys.readouterr().err
+
+
+def test_stain_probe_measures_nucleus_colour_and_blast_shares(tmp_path, tiny_models, capsys):
+    """stain_probe: each set's nucleus optical-density direction (a bluer and a more magenta set differ), the blast
+    share per view with --weights, the JSON; a malformed --sets is refused."""
+    import json
+
+    import cv2
+    import numpy as np
+    import torch
+
+    from classification.preprocess import nucleus_od_direction
+    from classification.train import scale_stain
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import stain_probe
+
+    for name, rgb in (("blue", (90, 60, 160)), ("magenta", (160, 50, 140))):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            img = np.full((40, 40, 3), 250, np.uint8)
+            cv2.circle(img, (20, 20), 9 + i, rgb[::-1], -1)  # BGR on disk
+            cv2.imwrite(str(tmp_path / name / f"c{i}.png"), img)
+    crop = np.full((1, 20, 20, 3), 255, np.uint8)
+    crop[0, 5:15, 5:15] = (90, 60, 160)
+    od = -np.log(np.array([90, 60, 160]) / 255.0)
+    np.testing.assert_allclose(nucleus_od_direction(crop)[0], od / np.linalg.norm(od), atol=1e-4)
+    x = torch.from_numpy(crop).permute(0, 3, 1, 2).float() / 255
+    np.testing.assert_allclose(scale_stain(x, 0, 1.0).numpy(), x.numpy(), atol=1e-4)
+    darker = scale_stain(x, 0, 2.0)
+    assert float(darker[0, :, 10, 10].sum()) < float(x[0, :, 10, 10].sum()) and float(darker[0, :, 0, 0].min()) > 0.99
+
+    out = tmp_path / "probe.json"
+    assert stain_probe.main(["--data", "--sets", f"blue={tmp_path / 'blue'}", f"magenta={tmp_path / 'magenta'}",
+                             "--weights", str(tiny_models["wang11_ckpt"]), "--size", "32", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())["sets"]
+    assert res["blue"]["crops"] == 3 and abs(res["blue"]["degrees_from_haematoxylin"] -
+                                             res["magenta"]["degrees_from_haematoxylin"]) > 5
+    assert set(res["magenta"]["blast"]) == set(stain_probe.VIEWS)
+    assert all(0.0 <= v <= 1.0 for r in res.values() for v in r["blast"].values())
+    assert "| blue | 3 |" in capsys.readouterr().out
+    assert stain_probe.main(["--data", "--sets", "nameless"]) == 2
