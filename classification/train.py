@@ -69,6 +69,30 @@ def augment(x, cfg: dict, gen):
 HED_FROM_RGB_INV = ((0.65, 0.70, 0.29), (0.07, 0.99, 0.11), (0.27, 0.57, 0.78))
 
 
+def _stain_basis(dtype):
+    """Ruifrok & Johnston's stain vectors as unit rows (3 stains x 3 channels) and the matrix that unmixes optical
+    density into their concentrations."""
+    import torch
+
+    m = torch.tensor(HED_FROM_RGB_INV, dtype=dtype)
+    m = m / m.norm(dim=1, keepdim=True)
+    return m, torch.linalg.inv(m)
+
+
+def _optical_density(x):
+    """(N, 3, S, S) in [0, 1] -> optical density per pixel, (N, S * S, 3)."""
+    import torch
+
+    return -torch.log(x.clamp(1e-3, 1)).flatten(2).transpose(1, 2)
+
+
+def _from_optical_density(od, shape):
+    """(N, S * S, 3) optical density -> an image batch of ``shape`` in [0, 1]."""
+    import torch
+
+    return torch.exp(-od).transpose(1, 2).reshape(shape).clamp(0, 1)
+
+
 def hed_jitter(x, strength: float, gen):
     """Stain augmentation in HED optical-density space (Tellez et al. 2018): RGB -> optical density -> stain
     concentrations, each scaled by 1 +- strength and shifted by +- strength / 2 per image, and back. (N, 3, S, S) in
@@ -76,27 +100,20 @@ def hed_jitter(x, strength: float, gen):
     import torch
 
     n = x.shape[0]
-    m = torch.tensor(HED_FROM_RGB_INV, dtype=x.dtype)
-    m = m / m.norm(dim=1, keepdim=True)  # (3 stains, 3 channels), unit rows
-    inv = torch.linalg.inv(m)
-    od = -torch.log(x.clamp(1e-3, 1)).permute(0, 2, 3, 1)  # N S S 3
-    conc = od @ inv
-    a = 1 + (torch.rand(n, 1, 1, 3, generator=gen) * 2 - 1) * strength
-    b = (torch.rand(n, 1, 1, 3, generator=gen) * 2 - 1) * strength / 2
-    od = (conc * a + b) @ m
-    return torch.exp(-od).permute(0, 3, 1, 2).clamp(0, 1)
+    m, inv = _stain_basis(x.dtype)
+    conc = _optical_density(x) @ inv
+    a = 1 + (torch.rand(n, 1, 3, generator=gen) * 2 - 1) * strength
+    b = (torch.rand(n, 1, 3, generator=gen) * 2 - 1) * strength / 2
+    return _from_optical_density((conc * a + b) @ m, x.shape)
 
 
 def scale_stain(x, stain: int, factor: float):
     """Every crop with one stain's concentration (0 haematoxylin, 1 eosin, 2 DAB; Ruifrok & Johnston's vectors)
     multiplied by ``factor``: a stronger or weaker stain, its colour unchanged. (N, 3, S, S) in [0, 1]."""
-    import torch
-
-    m = torch.tensor(HED_FROM_RGB_INV, dtype=x.dtype)
-    m = m / m.norm(dim=1, keepdim=True)
-    conc = -torch.log(x.clamp(1e-3, 1)).flatten(2).transpose(1, 2) @ torch.linalg.inv(m)
+    m, inv = _stain_basis(x.dtype)
+    conc = _optical_density(x) @ inv
     conc[..., stain] *= factor
-    return torch.exp(-(conc @ m)).transpose(1, 2).reshape(x.shape).clamp(0, 1)
+    return _from_optical_density(conc @ m, x.shape)
 
 
 def stain_vector_jitter(x, strength: float, gen):
@@ -108,16 +125,11 @@ def stain_vector_jitter(x, strength: float, gen):
     haematoxylin vector by 8.6 degrees median, 14.7 at the 95th percentile. (N, 3, S, S) in [0, 1]."""
     import torch
 
-    n = x.shape[0]
-    m = torch.tensor(HED_FROM_RGB_INV, dtype=x.dtype)
-    m = m / m.norm(dim=1, keepdim=True)
-    inv = torch.linalg.inv(m)
-    moved = m[None] + (torch.rand(n, 3, 3, generator=gen, dtype=x.dtype) * 2 - 1) * strength
+    m, inv = _stain_basis(x.dtype)
+    moved = m[None] + (torch.rand(x.shape[0], 3, 3, generator=gen, dtype=x.dtype) * 2 - 1) * strength
     moved = moved.clamp_min(0.0)  # optical densities are absorbances: no stain makes a channel brighter
     moved = moved / moved.norm(dim=2, keepdim=True).clamp_min(1e-6)
-    od = -torch.log(x.clamp(1e-3, 1)).flatten(2).transpose(1, 2)  # N P 3
-    od = od @ inv @ moved
-    return torch.exp(-od).transpose(1, 2).reshape(x.shape).clamp(0, 1)
+    return _from_optical_density(_optical_density(x) @ inv @ moved, x.shape)
 
 
 def background_tint(x, strength: float, gen):

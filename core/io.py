@@ -60,6 +60,20 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndar
         raise ImageReadError(f"cannot decode image: {msg}") from None
 
 
+def read_sample(paths: list, n: int, seed: int = 0) -> tuple[list[np.ndarray], list[str]]:
+    """At most ``n`` of ``paths`` drawn at random (``seed``; kept in their given order) read as ``read_image`` reads
+    them: ``(images, notes)``, a note per file that could not be read (skipped)."""
+    rng = np.random.default_rng(seed)
+    picked = [paths[i] for i in sorted(rng.choice(len(paths), min(n, len(paths)), replace=False))] if paths else []
+    images, notes = [], []
+    for p in picked:
+        try:
+            images.append(read_image(p))
+        except ImageReadError as e:
+            notes.append(f"{p}: {e} (skipped)")
+    return images, notes
+
+
 def _decode_cv2(path: Path, fmt: str, hw: tuple[int, int]) -> np.ndarray | None:
     """OpenCV decode of a complete JPEG (ends with EOI) or PNG (has IEND) file, EXIF orientation ignored as Pillow
     does; None when the file is not complete or the result is not ``hw`` RGB."""

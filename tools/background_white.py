@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from classification.preprocess import background_white, resize_crops
-    from core.io import ImageReadError, read_image
+    from core.io import read_sample
 
     if args.task:
         from classification.data import load_samples
@@ -53,14 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         print("error: no images", file=sys.stderr)
         return 2
-    rng = np.random.default_rng(args.seed)
-    paths = [paths[i] for i in sorted(rng.choice(len(paths), min(args.n, len(paths)), replace=False))]
-    crops = []
-    for p in paths:
-        try:
-            crops.append(read_image(p))
-        except ImageReadError as e:
-            print(f"note: {p}: {e} (skipped)", file=sys.stderr)
+    crops, notes = read_sample(paths, args.n, args.seed)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     if not crops:
         print("error: no readable images", file=sys.stderr)
         return 2

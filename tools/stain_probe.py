@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from classification.preprocess import nucleus_od_direction, resize_crops
-    from core.io import ImageReadError, read_image
+    from core.io import read_sample
     from pipelines.inputs import expand_inputs
 
     paths: dict[str, list] = {}
@@ -63,16 +63,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"note: --data {src}: {e} (skipped)", file=sys.stderr)
     for name, given in sets.items():
         paths[name] = [f.path for f in expand_inputs(given)[0]]
-    rng = np.random.default_rng(args.seed)
     crops = {}
     for name, ps in paths.items():
-        ps = [ps[i] for i in sorted(rng.choice(len(ps), min(args.n, len(ps)), replace=False))] if ps else []
-        imgs = []
-        for p in ps:
-            try:
-                imgs.append(read_image(p))
-            except ImageReadError as e:
-                print(f"note: {p}: {e} (skipped)", file=sys.stderr)
+        imgs, notes = read_sample(ps, args.n, args.seed)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
         if imgs:
             crops[name] = resize_crops(imgs, args.size)
         else:
@@ -108,26 +103,26 @@ def main(argv: list[str] | None = None) -> int:
 def blast_shares(crops: dict, weights: str, result: dict) -> None:
     """result[name]["blast"][view]: share of the set's crops whose top class is blast, per view of VIEWS."""
     import numpy as np
-    import torch
 
     from classification.models import load_checkpoint
-    from classification.preprocess import normalize, to_tensor
-    from classification.train import scale_stain
+    from classification.preprocess import to_tensor
+    from classification.train import predict_logits, scale_stain
 
     model, meta = load_checkpoint(Path(weights))
     if "blast" not in meta["classes"]:
         raise SystemExit(f"error: {weights} has no blast class ({meta['classes']})")
     blast = meta["classes"].index("blast")
-    views = {"as is": lambda t: t, "grey": lambda t: t.mean(1, keepdim=True).expand_as(t).contiguous(),
-             "haematoxylin x2": lambda t: scale_stain(t, 0, 2.0)}
+
+    def doubled_haematoxylin(x):
+        t = scale_stain(to_tensor(x), 0, 2.0)
+        return (t.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+
+    views = {"as is": lambda x: x, "grey": lambda x: x.mean(3, keepdims=True).round().astype(np.uint8).repeat(3, 3),
+             "haematoxylin x2": doubled_haematoxylin}
     for name, x in crops.items():
-        shares = {}
-        for v, f in views.items():
-            with torch.no_grad():
-                top = np.concatenate([model(normalize(f(to_tensor(x[i:i + 128])), meta["mean"], meta["std"]))
-                                      .argmax(1).numpy() for i in range(0, len(x), 128)])
-            shares[v] = round(float(np.mean(top == blast)), 4)
-        result[name]["blast"] = shares
+        result[name]["blast"] = {
+            v: round(float(np.mean(predict_logits(model, f(x), 128, meta["mean"], meta["std"]).argmax(1) == blast)), 4)
+            for v, f in views.items()}
 
 
 if __name__ == "__main__":
