@@ -654,3 +654,22 @@ def test_white_balance_setting_reaches_the_classifier_and_is_validated(tmp_path,
         with pytest.raises(ConfigError, match="white_balance"):
             load_pipeline_config(write_yaml(tmp_path / "bad.yaml", {**cfg, "classifiers": [
                 {"config": str(tiny_models["dir"] / "pbc8.yaml"), "white_balance": bad}]}))
+
+
+def test_every_classifier_config_and_recipe_validates():
+    """Every shipped classifier config and training recipe passes the schema tools/train_classifier.py checks (an
+    unknown or mistyped key fails here, not an hour into a run), and a recipe stage's ``init_from`` names a recipe
+    that exists."""
+    from pathlib import Path
+
+    from classification.classifier import check_classifier_config
+    from core.config import load_yaml
+
+    root = Path(__file__).resolve().parent.parent / "configs" / "classifier"
+    paths = sorted(root.glob("*.yaml")) + sorted((root / "recipes").glob("*.yaml"))
+    assert len(paths) > 20
+    for p in paths:
+        cfg = check_classifier_config(load_yaml(p), str(p))
+        if cfg["init_from"]:
+            assert (root / cfg["init_from"]).is_file(), f"{p.name}: init_from {cfg['init_from']} does not exist"
+            assert not cfg["pretrained"], f"{p.name}: init_from and pretrained both set"
