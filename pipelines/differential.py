@@ -246,7 +246,7 @@ def smear_report(tally: SmearTally, cfg: dict) -> dict:
     shift = domain_shift(tally, cfg)
     if blasts:
         # On a laboratory the classifier never learned, its stain alone can make normal leukocytes look like blasts
-        # (docs/RESULTS.md "Stain colour": 21-49% of an unseen laboratory's normal leukocytes): the flag stays, but
+        # (docs/RESULTS.md "Stain colour": 20-49% of an unseen laboratory's normal leukocytes): the flag stays, but
         # says so when the smear is flagged domain_shift.
         flags.append({"flag": "blasts_present", "detail": f"{blasts} blast(s): review the cells" + (
             "; this smear is also flagged domain_shift, and on a laboratory the classifier did not learn its stain "
