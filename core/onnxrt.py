@@ -6,7 +6,12 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
-RUNTIMES = ("onnxruntime", "openvino")
+RUNTIMES = ("onnxruntime", "openvino", "openvino_bf16")
+# OpenVINO's inference precision per runtime. OpenVINO's own default on CPUs with native bfloat16 (AVX512_BF16, AMX:
+# AMD Zen 4, Intel Sapphire Rapids and later) is bf16, which moved the shipped classifier's probabilities by up to
+# 0.16 and its top class on 1 BCCD cell in 100 (docs/RESULTS.md "Speed"): results would depend on the CPU, so
+# "openvino" pins f32 and bf16 is asked for by name.
+OPENVINO_PRECISION = {"openvino": "f32", "openvino_bf16": "bf16"}
 
 
 def runtime_tag(runtime: str) -> str:
@@ -36,15 +41,16 @@ def onnx_session(path: Path, device: str, what: str, runtime: str = "onnxruntime
     (``run(None, feeds)``, ``get_inputs()``, ``get_modelmeta().custom_metadata_map``). ``runtime``: ``onnxruntime``
     (full graph optimization, idle threads not spinning: measured 10-20% fewer fields/s with spinning, the decode
     threads lose the cores) or ``openvino`` (CPU only; the same model file, 1.5-2x faster on x86 CPUs here,
-    docs/RESULTS.md "Speed"). ``what`` names the model in errors. Raises ``ValueError`` for CUDA without a CUDA
-    provider or with OpenVINO: the model would run on the CPU unnoticed."""
+    docs/RESULTS.md "Speed"; f32) or ``openvino_bf16`` (bfloat16 where the CPU has it). ``what`` names the model in
+    errors. Raises ``ValueError`` for CUDA without a CUDA provider or with OpenVINO: the model would run on the CPU
+    unnoticed."""
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown ONNX runtime '{runtime}' for the {what}; valid: {', '.join(RUNTIMES)}")
-    if runtime == "openvino":
+    if runtime in OPENVINO_PRECISION:
         if device != "cpu":
             raise ValueError(f"--device {device}: the ONNX {what} {Path(path).name} is set to run in OpenVINO, which "
                              "runs on the CPU here; use --config configs/pipeline/gpu.yaml (PyTorch models) on a GPU")
-        return OpenVinoSession(path)
+        return OpenVinoSession(path, OPENVINO_PRECISION[runtime])
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -66,9 +72,11 @@ class OpenVinoSession:
     image axes kept; compiled models cached in ``openvino_cache_dir``), behind the part of ONNX Runtime's
     ``InferenceSession`` interface the pipeline uses. The model's metadata (class names, a classifier's export
     record) is read from the file with ``onnx``; the inputs are the compiled model's. One inference request: call
-    ``run`` from one thread at a time (the pipeline does; each Ray actor builds its own)."""
+    ``run`` from one thread at a time (the pipeline does; each Ray actor builds its own). ``precision``: OpenVINO's
+    inference precision, ``f32`` (the same results on every CPU) or ``bf16`` (faster where the CPU has native
+    bfloat16; elsewhere OpenVINO keeps f32)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, precision: str = "f32"):
         import onnx
         import openvino as ov
 
@@ -77,7 +85,8 @@ class OpenVinoSession:
         cache = openvino_cache_dir()
         if cache:
             core.set_property({"CACHE_DIR": cache})
-        self.model = core.compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+        self.model = core.compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY",
+                                                             "INFERENCE_PRECISION_HINT": precision})
         self.request = self.model.create_infer_request()
 
     def get_inputs(self):

@@ -58,7 +58,8 @@ PIPELINE_SCHEMA = {
     "differential": Field(dict, {}, "report settings, see pipelines.differential.DIFFERENTIAL_SCHEMA"),
     "onnx_runtime": Field(str, "onnxruntime", "what runs the .onnx models of the detector and classifiers on the "
                                               "CPU: onnxruntime or openvino (same files, same outputs; openvino "
-                                              "1.5-2x faster on x86, docs/RESULTS.md); .pt weights run in PyTorch",
+                                              "1.5-2x faster on x86, docs/RESULTS.md), openvino_bf16 (bfloat16 on "
+                                              "CPUs that have it: faster, other outputs); .pt weights run in PyTorch",
                           choices=RUNTIMES),
 }
 

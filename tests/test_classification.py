@@ -94,6 +94,8 @@ def test_checkpoint_roundtrip_and_classifier(tmp_path):
 def test_onnx_export_gives_the_checkpoint_probabilities(tmp_path, monkeypatch):
     import onnx
 
+    from openvino import Type as ov_type
+
     from core.onnxrt import openvino_cache_dir
 
     from classification.classifier import Classifier, OnnxClassifier, export_onnx, load_classifier
@@ -115,6 +117,12 @@ def test_onnx_export_gives_the_checkpoint_probabilities(tmp_path, monkeypatch):
     assert any((tmp_path / "ov_cache").iterdir())
     np.testing.assert_allclose(ov.classify(crops), b, atol=1e-5)
     assert ov.name.endswith(":openvino") and ov.temperature == 1.7 and ov.meta["source"] == "c.pt"
+    # "openvino" pins f32: OpenVINO's own default is bf16 on CPUs that have it (Zen 4, Sapphire Rapids), which gave
+    # other probabilities than above; bf16 only when asked for, and the run's versions say so
+    assert ov.session.model.get_property("INFERENCE_PRECISION_HINT") == ov_type.f32
+    bf = load_classifier(o, batch=2, runtime="openvino_bf16")
+    assert bf.name.endswith(":openvino_bf16") and bf.classify(crops).shape == (3, 3)
+    assert bf.session.model.get_property("INFERENCE_PRECISION_HINT") in (ov_type.bf16, ov_type.f32)
     with pytest.raises(ValueError, match="OpenVINO"):
         OnnxClassifier(o, device="cuda", runtime="openvino")
     with pytest.raises(ValueError, match="unknown ONNX runtime"):
