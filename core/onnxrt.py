@@ -74,7 +74,7 @@ class OpenVinoSession:
     record) is read from the file with ``onnx``; the inputs are the compiled model's. One inference request: call
     ``run`` from one thread at a time (the pipeline does; each Ray actor builds its own). ``precision``: OpenVINO's
     inference precision, ``f32`` (the same results on every CPU) or ``bf16`` (faster where the CPU has native
-    bfloat16; elsewhere OpenVINO keeps f32)."""
+    bfloat16; elsewhere OpenVINO falls back to f32, by its documentation: not tried here)."""
 
     def __init__(self, path: Path, precision: str = "f32"):
         import onnx
