@@ -49,7 +49,10 @@ def test_latency_benchmark_interleaves_pipeline_and_baseline(tmp_path, synthetic
     runs = o["pipeline"][str(o["best_batch"])]["fields_per_s_runs"]
     ratios = [a / b for a, b in zip(runs, o["baseline"]["fields_per_s_runs"])]
     assert o["speedup_runs"] == [round(x, 2) for x in ratios] and o["speedup"] > 0
-    assert "Speed-up of the best pipeline batch" in (tmp_path / "out" / "latency.md").read_text()
+    md = (tmp_path / "out" / "latency.md").read_text()
+    assert "Speed-up of the best pipeline batch" in md
+    # the table says what ran: the default's OpenVINO (f32), and the CPU's model with its int8 / bf16 features
+    assert o["onnx_runtime"] == "openvino" and "(onnx_runtime openvino)" in md and o["cpu"] in md
 
 
 def test_eval_classifier_scaled_copies(tmp_path):

@@ -76,6 +76,7 @@ def latency(args) -> int:
     fields = [FieldInput(p.resolve(), "bench", f"bench/{i:05d}") for i, p in enumerate(paths)]
     out = {"device": args.device, "half": args.half, "fields": len(fields), "config": args.config,
            "torch_threads": torch.get_num_threads(), "repeat": args.repeat, "workers": args.workers, "cpu": _cpu_name(),
+           "onnx_runtime": cfg["onnx_runtime"],
            "gpu": _gpu_name(args.device),
            "pipeline": {}, "baseline": None}
     tmp = Path(tempfile.mkdtemp(prefix="leukodiff_bench_"))
@@ -249,17 +250,29 @@ def latency_markdown(o: dict) -> str:
                              for w, v in o["ray"].items()) + ".\n")
     return (f"Latency in ms per field (fields/s: median of {o.get('repeat', 1)} passes), {o['fields']} fields, "
             f"device {o['device']} ({o['gpu'] or o['cpu']}, "
-            f"{o['torch_threads']} torch threads){' fp16' if o['half'] else ''}, config {o['config']}\n\n"
+            f"{o['torch_threads']} torch threads){' fp16' if o['half'] else ''}, config {o['config']} "
+            f"(onnx_runtime {o.get('onnx_runtime', '?')})\n\n"
             + hdr + rows + tail)
 
 
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                import os
+# CPU features that change what OpenVINO / ONNX Runtime run (int8 dot products, bfloat16): named in the table
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
 
-                return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
+
+def _cpu_name() -> str:
+    """``model name xN [flags]`` from /proc/cpuinfo: "AMD EPYC" alone does not say whether bf16 is there."""
+    try:
+        name, flags = None, set()
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name") and name is None:
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+        if name:
+            import os
+
+            have = [f for f in SPEED_FLAGS if f in flags]
+            return f"{name} x{os.cpu_count()}" + (f" [{' '.join(have)}]" if have else "")
     except OSError:
         pass
     import platform
