@@ -400,6 +400,7 @@ def test_adapt_with_labels_writes_a_runnable_pipeline(tmp_path, tiny_models):
     assert len(ad.meta["ood"]["means"]) > len(ck["ood"]["means"])  # the lab's class means were added
     card_text = (out / "card.md").read_text()
     assert "| accuracy |" in card_text and "Confidence guard: the held-back cells' mean score" in card_text
+    assert f"--weights {w}" in card_text and "--blocks 2 --lr 0.01" in card_text  # the command as run
     run = tmp_path / "run"
     assert infer([str(d), "--cells", "--out", str(run), "--config", str(out / "pipeline.yaml"), "--no-progress"]) == 0
     rec = [__import__("json").loads(x) for x in (run / "fields.jsonl").read_text().splitlines()]

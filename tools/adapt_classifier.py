@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-crops", type=int, default=100, help="AdaBN only: refuse fewer crops (default 100)")
     ap.add_argument("--batch", type=int, default=64)
     args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the card's command: every option as given
 
     def err(msg: str) -> int:
         print(f"error: {msg}", file=sys.stderr)
@@ -328,11 +330,11 @@ def card(a: dict, weights: Path, args, guard: dict) -> str:
         f"From `{weights.name}`, adapted on {a['cells']} labelled cells of `{a['labels_csv']}` ({a['train']} to "
         f"train, {a['held_back']} held back, stratified): AdaBN at alpha {a['alpha']}, then the last {a['blocks']} "
         f"stages and the head fine-tuned for {a['epochs_run']} epochs (best held-back epoch kept).", "",
-        f"Command: `python tools/adapt_classifier.py --labels {args.labels} --out {args.out}`", "",
-        "| held-back cells | shipped | after AdaBN | adapted |", "|---|---|---|---|",
+        f"Command: `{shlex.join(['python', 'tools/adapt_classifier.py', *args.argv])}`", "",
+        "| held-back cells | before | after AdaBN | adapted |", "|---|---|---|---|",
         f"| accuracy | {b.get('accuracy')} | {m.get('accuracy')} | {f.get('accuracy')} |",
         f"| mean class accuracy | {b.get('mean_class_accuracy')} | {m.get('mean_class_accuracy')} | "
-        f"{f.get('mean_class_accuracy')} |", "", "| class | shipped | after AdaBN | adapted |", "|---|---|---|---|",
+        f"{f.get('mean_class_accuracy')} |", "", "| class | before | after AdaBN | adapted |", "|---|---|---|---|",
         *rows, "", guard_sentence(guard), "",
         "Few held-back cells give wide uncertainty: check the adapted pipeline on more labelled cells of yours.",
         "Classes your labels do not contain are not checked by the held-back cells, and fine-tuning on a few classes "
