@@ -6,12 +6,12 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
-RUNTIMES = ("onnxruntime", "openvino", "openvino_bf16")
 # OpenVINO's inference precision per runtime. OpenVINO's own default on CPUs with native bfloat16 (AVX512_BF16, AMX:
 # AMD Zen 4, Intel Sapphire Rapids and later) is bf16, which moved the shipped classifier's probabilities by up to
 # 0.16 and its top class on 1 BCCD cell in 100 (docs/RESULTS.md "Speed"): results would depend on the CPU, so
 # "openvino" pins f32 and bf16 is asked for by name.
 OPENVINO_PRECISION = {"openvino": "f32", "openvino_bf16": "bf16"}
+RUNTIMES = ("onnxruntime", *OPENVINO_PRECISION)
 
 
 def runtime_tag(runtime: str) -> str:

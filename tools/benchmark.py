@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -251,7 +252,7 @@ def latency_markdown(o: dict) -> str:
     return (f"Latency in ms per field (fields/s: median of {o.get('repeat', 1)} passes), {o['fields']} fields, "
             f"device {o['device']} ({o['gpu'] or o['cpu']}, "
             f"{o['torch_threads']} torch threads){' fp16' if o['half'] else ''}, config {o['config']} "
-            f"(onnx_runtime {o.get('onnx_runtime', '?')})\n\n"
+            f"(onnx_runtime {o['onnx_runtime']})\n\n"
             + hdr + rows + tail)
 
 
@@ -260,19 +261,16 @@ SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
 
 
 def _cpu_name() -> str:
-    """``model name xN [flags]`` from /proc/cpuinfo: "AMD EPYC" alone does not say whether bf16 is there."""
+    """``model name xN [flags]`` from /proc/cpuinfo's first processor: "AMD EPYC" alone does not say whether bf16
+    is there."""
     try:
-        name, flags = None, set()
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name") and name is None:
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-        if name:
-            import os
-
-            have = [f for f in SPEED_FLAGS if f in flags]
-            return f"{name} x{os.cpu_count()}" + (f" [{' '.join(have)}]" if have else "")
+        with open("/proc/cpuinfo") as f:
+            first = f.read().split("\n\n", 1)[0]  # one block per logical CPU; the first describes them all
+        info = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        if info.get("model name"):
+            have = [f for f in SPEED_FLAGS if f in info.get("flags", "").split()]
+            return f"{info['model name']} x{os.cpu_count()}" + (f" [{' '.join(have)}]" if have else "")
     except OSError:
         pass
     import platform
