@@ -53,22 +53,80 @@ def trainable_tail(model, blocks: int):
     return params
 
 
+def split_at_tail(model, blocks: int):
+    """``(trunk, tail)``: ``tail(trunk(x)) == model(x)``, the cut at the input of the last ``blocks`` stages (the part
+    ``trainable_tail`` fine-tunes: timm EfficientNet-style ``blocks``, or the last ``blocks + 1`` children of a
+    ``Sequential``). Raises ``ValueError`` for other layouts."""
+    import torch
+
+    if hasattr(model, "blocks") and hasattr(model, "conv_head"):
+        k = len(model.blocks) - blocks
+        if k < 0:
+            raise ValueError(f"split_at_tail: {blocks} stages asked, the network has {len(model.blocks)}")
+
+        def trunk(x):
+            x = model.bn1(model.conv_stem(x))
+            for b in list(model.blocks)[:k]:
+                x = b(x)
+            return x
+
+        def tail(f):
+            for b in list(model.blocks)[k:]:
+                f = b(f)
+            return model.forward_head(model.bn2(model.conv_head(f)))
+        return trunk, tail
+    if isinstance(model, torch.nn.Sequential):
+        return model[:-(blocks + 1)], model[-(blocks + 1):]
+    raise ValueError(f"split_at_tail: no known stage layout in {type(model).__name__}")
+
+
+def replay_set(model, mean, std, x: np.ndarray, y: np.ndarray, groups: np.ndarray, blocks: int = 2,
+               per_class: int = 8, seed: int = 0, batch: int = 64) -> dict:
+    """Rehearsal cells of the training laboratories, stored with the weights: up to ``per_class`` cells of each
+    (label, laboratory) of ``x`` (uint8 NHWC crops at the network's input size; ``y`` label indices, ``groups`` the
+    laboratory of each), kept as the frozen trunk's output at the input of the last ``blocks`` stages (float16
+    feature maps, not images). ``fine_tune`` trains on them beside a lab's labelled cells, so that classes the lab
+    does not label (blasts, when a lab labels its normal cells) keep being recognized by the part it changes."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    pick = []
+    for key in sorted(set(zip(y.tolist(), groups.tolist()))):
+        idx = np.flatnonzero((y == key[0]) & (groups == key[1]))
+        pick += rng.permutation(idx)[:per_class].tolist()
+    pick = np.array(sorted(pick), int)
+    trunk, _ = split_at_tail(model, blocks)
+    model.eval()
+    feats = []
+    with torch.inference_mode():
+        for i in range(0, len(pick), batch):
+            feats.append(trunk(normalize(to_tensor(x[pick[i:i + batch]]), mean, std)).half())
+    return {"features": torch.cat(feats), "y": y[pick].tolist(), "groups": groups[pick].tolist(), "blocks": blocks,
+            "per_class": per_class}
+
+
 def fine_tune(model, mean, std, x: np.ndarray, y: np.ndarray, sets: np.ndarray, held_x: np.ndarray,
               held_y: np.ndarray, epochs: int = 40, blocks: int = 2, lr: float = 1e-3, batch: int = 32,
-              patience: int = 8, seed: int = 0, progress=None, distill: float = 1.0) -> dict:
+              patience: int = 8, seed: int = 0, progress=None, distill: float = 1.0, replay: dict | None = None,
+              replay_weight: float = 1.0) -> dict:
     """Fine-tune ``model`` in place on uint8 NHWC crops ``x`` (prepared at its input size) with label indices ``y``
     into ``sets`` (label -> allowed classes, ``taxonomies.label_sets``); the epoch with the best accuracy on the
     held-back crops, ties broken by their likelihood (or the last one without held-back crops), is kept.
     ``progress``: a callable ``(epoch, epochs, record)``. ``distill``: weight of the learning-without-forgetting
     term (Li & Hoiem 2016): the KL divergence, at temperature 2, from the starting network's predictions on the same
     augmented crops, so that classes the lab's labels do not show (blasts, when a lab labels normal cells) keep
-    their evidence. Returns the history and the best held-back accuracy."""
+    their evidence. ``replay``: a ``replay_set`` of the training laboratories (its ``blocks`` at least ``blocks``),
+    a batch of which is trained on at every step at ``replay_weight`` (rehearsal: the changed stages keep every
+    class). Returns the history and the best held-back accuracy."""
     import torch
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     teacher = copy.deepcopy(model).eval() if distill > 0 else None
+    if replay is not None and int(replay["blocks"]) < blocks:
+        raise ValueError(f"the replay set is cut {replay['blocks']} stages from the head; {blocks} are fine-tuned")
+    replay_tail = split_at_tail(model, int(replay["blocks"]))[1] if replay is not None else None
     params = trainable_tail(model, blocks)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sets_t = torch.from_numpy(np.asarray(sets, np.float32))
@@ -110,6 +168,10 @@ def fine_tune(model, mean, std, x: np.ndarray, y: np.ndarray, sets: np.ndarray, 
                     soft = torch.softmax(teacher(xb) / 2, 1)
                 loss = loss + distill * 4 * torch.nn.functional.kl_div(torch.log_softmax(logits / 2, 1), soft,
                                                                        reduction="batchmean")
+            if replay_tail is not None:
+                r = rng.choice(len(replay["y"]), min(batch, len(replay["y"])), replace=False)
+                rl = replay_tail(replay["features"][torch.from_numpy(r)].float())
+                loss = loss + replay_weight * set_loss(rl, torch.as_tensor(np.asarray(replay["y"])[r]), sets_t, 0.05)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

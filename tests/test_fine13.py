@@ -357,6 +357,7 @@ def test_adapt_with_labels_writes_a_runnable_pipeline(tmp_path, tiny_models):
     import torch
     import yaml
 
+    from classification.adapt import replay_set
     from classification.classifier import Classifier
     from classification.models import build_backbone, save_checkpoint
     from classification.ood import fit_ood
@@ -372,6 +373,8 @@ def test_adapt_with_labels_writes_a_runnable_pipeline(tmp_path, tiny_models):
     noise = [rng.integers(0, 255, (24, 24, 3), dtype=np.uint8) for _ in range(64)]
     ck = torch.load(w, weights_only=False)
     ck["ood"] = fit_ood(clf.features(noise), clf.classify(noise).argmax(1), dims=8)
+    ck["replay"] = replay_set(clf.model, clf.meta["mean"], clf.meta["std"], np.stack(noise[:16]),
+                              np.arange(16) % 13, np.array(["lab"] * 16), blocks=2, per_class=1)
     torch.save(ck, w)
     cfg_dir = tmp_path / "cfg"
     cfg_dir.mkdir()
@@ -397,6 +400,7 @@ def test_adapt_with_labels_writes_a_runnable_pipeline(tmp_path, tiny_models):
     ad = Classifier(out / "classifier.pt")
     a = ad.meta["adaptation"]
     assert a["held_back"] == 12 and a["train"] == 30 and a["held_back_after"]["accuracy"] >= 0.9
+    assert a["replay"] is None  # stored for the network's own batch-norm statistics, not --alpha 1's
     assert len(ad.meta["ood"]["means"]) > len(ck["ood"]["means"])  # the lab's class means were added
     card_text = (out / "card.md").read_text()
     assert "| accuracy |" in card_text and "Confidence guard: the held-back cells' mean score" in card_text
@@ -406,6 +410,10 @@ def test_adapt_with_labels_writes_a_runnable_pipeline(tmp_path, tiny_models):
     rec = [__import__("json").loads(x) for x in (run / "fields.jsonl").read_text().splitlines()]
     assert all("classifier.onnx" in r["versions"]["fine13"] for r in rec)
     assert main(["--labels", str(d / "labels.csv"), "--weights", str(w), "--out", str(out)]) == 2  # not empty
+    assert main(["--labels", str(d / "labels.csv"), "--weights", str(w), "--out", str(tmp_path / "rehearsed"),
+                 "--config", str(cfg_dir / "pipe.yaml"), "--epochs", "2"]) == 0
+    assert Classifier(tmp_path / "rehearsed" / "classifier.pt").meta["adaptation"]["replay"] == {"cells": 13,
+                                                                                               "weight": 1.0}
     bad = d / "bad.csv"
     bad.write_text("path,label\nNEUTROPHIL_0.png,giraffe\n")
     assert main(["--labels", str(bad), "--weights", str(w), "--out", str(tmp_path / "x")]) == 2
@@ -484,3 +492,58 @@ def test_reframe_cells_crops_the_central_leukocyte_at_the_pipeline_margin():
     assert crop_a.shape == (100, 100, 3)  # 40 px box * (1 + 2 * 0.75)
     assert (crop_a[0, 0] == 200).all() and (crop_a[50, 50] == (120, 60, 160)).all()
     assert box_b == [0.0, 0.0, 40.0, 30.0] and score_b == 1.0 and crop_b is b
+
+
+def test_replay_keeps_a_class_the_lab_does_not_label():
+    """Rehearsal: a tiny fine13 network that knows four colour-coded classes is fine-tuned hard on three of them (a lab
+    that labels no blasts); trained beside its stored replay cells it still calls the fourth class's cells blast,
+    without them it forgets them. split_at_tail cuts the network where fine-tuning starts."""
+    import copy
+
+    import torch
+
+    from classification.adapt import fine_tune, replay_set, split_at_tail
+    from classification.models import build_backbone
+    from classification.preprocess import normalize, to_tensor
+    from classification.taxonomies import label_sets
+    from classification.train import train_labels
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    labels = train_labels("fine13")
+    sets = label_sets(labels, FINE)
+    colours = {"segmented_neutrophil": (220, 40, 40), "lymphocyte": (40, 40, 220), "eosinophil": (40, 200, 40),
+               "blast": (230, 220, 30)}
+
+    def cells(names, n):
+        x = np.stack([np.clip(rng.normal(colours[c], 12, (24, 24, 3)), 0, 255).astype(np.uint8)
+                      for c in names for _ in range(n)])
+        return x, np.array([labels.index(c) for c in names for _ in range(n)])
+
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    net = build_backbone("tiny_cnn", 13)
+    x, y = cells(list(colours), 16)
+    empty = np.zeros((0, 24, 24, 3), np.uint8)
+    fine_tune(net, mean, std, x, y, sets, empty, np.zeros(0, int), epochs=15, blocks=5, lr=0.02, distill=0)
+    trunk, tail = split_at_tail(net, 5)
+    probe = normalize(to_tensor(x[:4]), mean, std)
+    with torch.no_grad():
+        assert torch.allclose(tail(trunk(probe)), net(probe))
+    blasts, _ = cells(["blast"], 20)
+
+    def blast_recall(model):
+        with torch.no_grad():
+            pred = model(normalize(to_tensor(blasts), mean, std)).argmax(1).numpy()
+        return float(np.mean(pred == FINE.index("blast")))
+
+    assert blast_recall(net) == 1.0
+    replay = replay_set(net, mean, std, x, y, np.array(["lab"] * len(y)), blocks=5, per_class=6)
+    assert replay["features"].dtype == torch.float16 and len(replay["y"]) == 24
+    lab_x, lab_y = cells(["segmented_neutrophil", "lymphocyte", "eosinophil"], 12)
+    forgot, kept = copy.deepcopy(net), copy.deepcopy(net)
+    for model, rep in ((forgot, None), (kept, replay)):
+        fine_tune(model, mean, std, lab_x, lab_y, sets, empty, np.zeros(0, int), epochs=15, blocks=5, lr=0.05,
+                  distill=0, replay=rep, seed=1)
+    assert blast_recall(kept) >= 0.9 > blast_recall(forgot)
+    with pytest.raises(ValueError, match="stages"):
+        fine_tune(kept, mean, std, lab_x, lab_y, sets, empty, np.zeros(0, int), epochs=1, blocks=6, replay=replay)

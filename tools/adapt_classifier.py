@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--distill", type=float, default=1.0, help="--labels: weight of keeping the shipped network's "
                                                                  "answers on your cells (learning without "
                                                                  "forgetting; 0 = off)")
+    ap.add_argument("--replay-weight", type=float, default=1.0,
+                    help="--labels: weight of rehearsing the training laboratories' cells stored in the checkpoint "
+                         "(tools/fit_familiarity.py), so that classes your labels lack are kept (0 = off)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--labels-det", nargs="+", default=["WBC"], dest="det_labels",
                     help="--run: detector labels to crop (default WBC)")
@@ -264,8 +267,15 @@ def adapt_with_labels(args, weights: Path, out: Path, alpha: float, err) -> int:
         bar.update(1)
         bar.set_postfix(loss=rec["loss"], held=rec["held_accuracy"])
 
+    replay = clf.meta.get("replay") if args.replay_weight > 0 else None
+    if replay is not None and (args.blocks > int(replay["blocks"]) or alpha > 0):
+        print(f"note: no rehearsal of the training laboratories' cells: they are stored for at most "
+              f"{replay['blocks']} stages and the network's own batch-norm statistics (--blocks {args.blocks}, "
+              f"--alpha {alpha})", file=sys.stderr)
+        replay = None
     res = fine_tune(clf.model, mean, std, x[tr], y[tr], sets, x[held], y[held], epochs=args.epochs,
-                    blocks=args.blocks, lr=args.lr, seed=args.seed, progress=progress, distill=args.distill)
+                    blocks=args.blocks, lr=args.lr, seed=args.seed, progress=progress, distill=args.distill,
+                    replay=replay, replay_weight=args.replay_weight)
     bar.close()
     after = accuracy_by_label(held)
     meta = dict(clf.meta)
@@ -278,6 +288,8 @@ def adapt_with_labels(args, weights: Path, out: Path, alpha: float, err) -> int:
                           "bn_shift": shift, "labels_csv": str(Path(args.labels).resolve()), "cells": len(images),
                           "train": int(len(tr)), "held_back": int(len(held)), "blocks": args.blocks,
                           "distill": args.distill, "lr": args.lr,
+                          "replay": None if replay is None else {"cells": len(replay["y"]),
+                                                                 "weight": args.replay_weight},
                           "epochs_run": len(res["history"]), "from_weights": weights.name,
                           "held_back_before": before, "held_back_after_adabn": after_bn,
                           "held_back_after": after, "history": res["history"],

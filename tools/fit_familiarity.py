@@ -10,6 +10,10 @@ harmonized copies it was selected on) and the train + val splits of its ``cell_s
 per class and laboratory, with the true class, or for coarse labels (BCCD's ``neutrophil``, TXL-PBC's
 ``mature_leukocyte``) the predicted one. The threshold above which a cell is ``unfamiliar`` is the ``--quantile``
 of the val cells' scores.
+
+The same cells give the checkpoint its rehearsal set (``--replay-per-class``, default 8 per class and laboratory):
+their feature maps at the input of the last stages, which ``tools/adapt_classifier.py --labels`` trains on beside a
+laboratory's labelled cells so that the classes it does not label are not forgotten (``classification.adapt``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="val", help="split of the training sources to fit on (default val)")
     ap.add_argument("--cell-set-splits", nargs="+", default=["train", "val"],
                     help="splits of the labelled cell sets (BCCD, TXL-PBC crops: few cells) to fit on")
+    ap.add_argument("--replay-per-class", type=int, default=8,
+                    help="rehearsal cells stored per class and laboratory for few-shot adaptation (0: none)")
+    ap.add_argument("--replay-blocks", type=int, default=2,
+                    help="stages from the head the rehearsal cells are cut at (the most adapt_classifier --blocks "
+                         "can fine-tune with them)")
     args = ap.parse_args(argv)
 
     weights = Path(args.weights)
@@ -41,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --quantile must be in (0.5, 1), not {args.quantile}", file=sys.stderr)
         return 2
 
+    import numpy as np
     import torch
 
+    from classification.adapt import replay_set
     from classification.classifier import Classifier
     from classification.familiarity import fit_cells, fit_familiarity
 
@@ -57,11 +68,18 @@ def main(argv: list[str] | None = None) -> int:
                              "harmonize": tcfg.get("harmonize")})
     ck = torch.load(weights, map_location="cpu", weights_only=False)
     ck["ood"] = ood
+    ck.pop("replay", None)
+    if args.replay_per_class > 0:
+        own = np.arange(len(cells["y"])) < cells["n_samples"]  # the cells as captured, not harmonized copies
+        ck["replay"] = replay_set(clf.model, clf.meta["mean"], clf.meta["std"], cells["x"][own], cells["y"][own],
+                                  cells["groups"][own], blocks=args.replay_blocks, per_class=args.replay_per_class)
+        ck["replay"]["fitted_on"] = ood["fitted_on"]["date"]
     out = Path(args.out or weights)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ck, out)
     print(json.dumps({"out": str(out), "threshold": round(ood["threshold"], 4), "val_quantiles": ood["val_quantiles"],
-                      "dims": ood["dims"], "class_means": len(ood["means"])}))
+                      "dims": ood["dims"], "class_means": len(ood["means"]),
+                      "replay_cells": len(ck["replay"]["y"]) if "replay" in ck else 0}))
     return 0
 
 
