@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"val cells of the training laboratories ({ood.get('fitted_on', {}).get('sources')}, cell sets "
                   f"{ood.get('fitted_on', {}).get('cell_sets')}); quantiles of those cells' scores "
                   f"{ood['val_quantiles']}; a cell above {ood['threshold']:.3f} is `unfamiliar`.", ""]
+    rep = meta.get("replay")
+    if rep:
+        lines += ["## Rehearsal cells (few-shot adaptation)", "", replay_sentence(rep), ""]
     if args.labs:
         import json
 
@@ -104,6 +107,17 @@ def onnx_note(path: Path) -> str:
         return f"; `{onnx_path.name}` is NOT an export of this checkpoint (re-export it)"
     return (f"; `{onnx_path.name}` ({onnx_path.stat().st_size / 1e6:.1f} MB): its ONNX export "
             "(`tools/export_onnx.py --classifier`), run by the default pipeline")
+
+
+def replay_sentence(rep: dict) -> str:
+    """The card's paragraph on the checkpoint's rehearsal cells (``classification.adapt.replay_set``)."""
+    shape = "x".join(str(d) for d in rep["features"].shape[1:])
+    labs = ", ".join(sorted(set(rep["groups"])))
+    return (f"{len(rep['y'])} of the cells the familiarity score is fitted on ({labs}; up to {rep['per_class']} per "
+            f"class and laboratory), stored by `tools/fit_familiarity.py` as the network's {shape} float16 feature "
+            f"maps at the input of its last {rep['blocks']} stages (not images): "
+            f"`tools/adapt_classifier.py --labels` trains on them beside a laboratory's labelled cells, so that the "
+            f"classes it does not label (blasts) are kept (docs/RESULTS.md, \"Few-shot adaptation\").")
 
 
 if __name__ == "__main__":

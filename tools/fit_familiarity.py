@@ -19,6 +19,7 @@ laboratory's labelled cells so that the classes it does not label are not forgot
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 from pathlib import Path
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replay-blocks", type=int, default=2,
                     help="stages from the head the rehearsal cells are cut at (the most adapt_classifier --blocks "
                          "can fine-tune with them)")
+    ap.add_argument("--replay-only", action="store_true",
+                    help="store the rehearsal cells and keep the checkpoint's familiarity score as it is")
     args = ap.parse_args(argv)
 
     weights = Path(args.weights)
@@ -48,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not 0.5 < args.quantile < 1.0:
         print(f"error: --quantile must be in (0.5, 1), not {args.quantile}", file=sys.stderr)
+        return 2
+    if args.replay_only and args.replay_per_class < 1:
+        print("error: --replay-only needs --replay-per-class of at least 1", file=sys.stderr)
         return 2
 
     import numpy as np
@@ -61,24 +67,26 @@ def main(argv: list[str] | None = None) -> int:
     tcfg = clf.meta.get("training", {}).get("config", {}).get("train", {})
     cells = fit_cells(clf, args.split, tuple(args.cell_set_splits))
     print(f"{len(cells['x'])} {args.split} cells of {clf.task} ({cells['n_samples']} + harmonized copies)", flush=True)
-    feats, probs = clf.features_prepared(cells["x"], with_probs=True)
-    ood = fit_familiarity(clf, feats, probs, cells["y"], cells["groups"], dims=args.dims, quantile=args.quantile)
-    ood["fitted_on"].update({"split": args.split, "cell_set_splits": args.cell_set_splits,
-                             "sources": tcfg.get("sources"), "cell_sets": tcfg.get("cell_sets"),
-                             "harmonize": tcfg.get("harmonize")})
     ck = torch.load(weights, map_location="cpu", weights_only=False)
-    ck["ood"] = ood
+    if not args.replay_only:
+        feats, probs = clf.features_prepared(cells["x"], with_probs=True)
+        ood = fit_familiarity(clf, feats, probs, cells["y"], cells["groups"], dims=args.dims, quantile=args.quantile)
+        ood["fitted_on"].update({"split": args.split, "cell_set_splits": args.cell_set_splits,
+                                 "sources": tcfg.get("sources"), "cell_sets": tcfg.get("cell_sets"),
+                                 "harmonize": tcfg.get("harmonize")})
+        ck["ood"] = ood
     ck.pop("replay", None)
     if args.replay_per_class > 0:
         own = np.arange(len(cells["y"])) < cells["n_samples"]  # the cells as captured, not harmonized copies
         ck["replay"] = replay_set(clf.model, clf.meta["mean"], clf.meta["std"], cells["x"][own], cells["y"][own],
                                   cells["groups"][own], blocks=args.replay_blocks, per_class=args.replay_per_class)
-        ck["replay"]["fitted_on"] = ood["fitted_on"]["date"]
+        ck["replay"]["date"] = datetime.date.today().isoformat()
     out = Path(args.out or weights)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ck, out)
-    print(json.dumps({"out": str(out), "threshold": round(ood["threshold"], 4), "val_quantiles": ood["val_quantiles"],
-                      "dims": ood["dims"], "class_means": len(ood["means"]),
+    ood = ck.get("ood") or {}
+    print(json.dumps({"out": str(out), "threshold": round(ood["threshold"], 4) if ood else None, "val_quantiles": ood.get("val_quantiles"),
+                      "dims": ood.get("dims"), "class_means": len(ood.get("means", [])),
                       "replay_cells": len(ck["replay"]["y"]) if "replay" in ck else 0}))
     return 0
 
