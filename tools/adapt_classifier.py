@@ -12,10 +12,10 @@ in any shipped taxonomy's names (pbc8, wang11: ``neutrophil``, ``segmented_neutr
 A stratified ``--holdout`` share of the labelled cells is held back; the network's batch-norm statistics become
 your cells' (AdaBN at ``--alpha``), its last ``--blocks`` stages and head are fine-tuned with strong augmentation
 (progress bar) beside the training laboratories' rehearsal cells stored in the checkpoint (so that the classes your
-labels lack, blasts above all, are not forgotten), the epoch with the best held-back accuracy is kept, and its familiarity score learns your
-laboratory (your cells' class means are added). OUT gets ``classifier.pt``, its ONNX export, ``pipeline.yaml`` (the
-``--config`` pipeline with this classifier) and ``card.md`` (accuracy before / after on the held-back cells).
-Minutes on a 2-core CPU.
+labels lack, blasts above all, are not forgotten), the epoch with the best held-back accuracy is kept, and its
+familiarity score learns your laboratory (your cells' class means are added). OUT gets ``classifier.pt``, its ONNX
+export, ``pipeline.yaml`` (the ``--config`` pipeline with this classifier) and ``card.md`` (accuracy before / after
+on the held-back cells). Minutes on a 2-core CPU.
 
 Without labels (``--run`` / ``--cells``):
 
@@ -270,10 +270,11 @@ def adapt_with_labels(args, weights: Path, out: Path, alpha: float, err) -> int:
         bar.set_postfix(loss=rec["loss"], held=rec["held_accuracy"])
 
     replay = clf.meta.get("replay") if args.replay_weight > 0 else None
-    if replay is not None and (args.blocks > int(replay["blocks"]) or alpha > 0):
+    if replay is not None and (args.blocks > int(replay["blocks"]) or alpha > 0
+                               or replay.get("label_names", labels) != labels):
         print(f"note: no rehearsal of the training laboratories' cells: they are stored for at most "
-              f"{replay['blocks']} stages and the network's own batch-norm statistics (--blocks {args.blocks}, "
-              f"--alpha {alpha})", file=sys.stderr)
+              f"{replay['blocks']} stages, the network's own batch-norm statistics and its label list (--blocks "
+              f"{args.blocks}, --alpha {alpha})", file=sys.stderr)
         replay = None
     res = fine_tune(clf.model, mean, std, x[tr], y[tr], sets, x[held], y[held], epochs=args.epochs,
                     blocks=args.blocks, lr=args.lr, seed=args.seed, progress=progress, distill=args.distill,
@@ -341,7 +342,8 @@ def card(a: dict, weights: Path, args, guard: dict) -> str:
                     f"{a['held_back_after_adabn']['per_label'].get(lab)} | {a['held_back_after']['per_label'][lab]} |")
     b, m, f = a["held_back_before"], a["held_back_after_adabn"], a["held_back_after"]
     rehearsal = (f" beside {a['replay']['cells']} rehearsal cells of the training laboratories (weight "
-                 f"{a['replay']['weight']:g})" if a.get("replay") else ", without rehearsal of the training laboratories")
+                 f"{a['replay']['weight']:g})" if a.get("replay") else
+                 ", without rehearsal of the training laboratories")
     kept = (f"epoch {a['best_epoch']} kept (the best on the held-back cells)" if a.get("best_epoch") else
             "no fine-tuning epoch beat the starting point on the held-back cells, so none is kept (the familiarity "
             "score still learns your cells)")

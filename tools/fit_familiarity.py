@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from classification.adapt import replay_set
     from classification.classifier import Classifier
     from classification.familiarity import fit_cells, fit_familiarity
+    from classification.train import train_labels
 
     clf = Classifier(weights)
     tcfg = clf.meta.get("training", {}).get("config", {}).get("train", {})
@@ -78,15 +79,21 @@ def main(argv: list[str] | None = None) -> int:
     ck.pop("replay", None)
     if args.replay_per_class > 0:
         own = np.arange(len(cells["y"])) < cells["n_samples"]  # the cells as captured, not harmonized copies
-        ck["replay"] = replay_set(clf.model, clf.meta["mean"], clf.meta["std"], cells["x"][own], cells["y"][own],
-                                  cells["groups"][own], blocks=args.replay_blocks, per_class=args.replay_per_class)
-        ck["replay"]["date"] = datetime.date.today().isoformat()
+        try:
+            ck["replay"] = replay_set(clf.model, clf.meta["mean"], clf.meta["std"], cells["x"][own], cells["y"][own],
+                                      cells["groups"][own], blocks=args.replay_blocks,
+                                      per_class=args.replay_per_class)
+        except ValueError as e:  # a backbone without a known stage layout (ShuffleNetV2)
+            print(f"note: no rehearsal cells stored: {e}", file=sys.stderr)
+        else:
+            ck["replay"].update(label_names=train_labels(clf.task), date=datetime.date.today().isoformat())
     out = Path(args.out or weights)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ck, out)
     ood = ck.get("ood") or {}
-    print(json.dumps({"out": str(out), "threshold": round(ood["threshold"], 4) if ood else None, "val_quantiles": ood.get("val_quantiles"),
-                      "dims": ood.get("dims"), "class_means": len(ood.get("means", [])),
+    print(json.dumps({"out": str(out), "threshold": round(ood["threshold"], 4) if ood else None,
+                      "val_quantiles": ood.get("val_quantiles"), "dims": ood.get("dims"),
+                      "class_means": len(ood.get("means", [])),
                       "replay_cells": len(ck["replay"]["y"]) if "replay" in ck else 0}))
     return 0
 
