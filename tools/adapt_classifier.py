@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
                                                                    "written pipeline.yaml starts from it")
     ap.add_argument("--holdout", type=float, default=0.3, help="--labels: share of each class held back")
     ap.add_argument("--epochs", type=int, default=40, help="--labels: most fine-tuning epochs (early stop)")
-    ap.add_argument("--blocks", type=int, default=2, help="--labels: last stages fine-tuned with the head")
+    ap.add_argument("--blocks", type=int, default=2, help="--labels: last stages fine-tuned with the head (rehearsal "
+                                                           "needs its cells cut at least this deep: fit_familiarity "
+                                                           "--replay-blocks)")
     ap.add_argument("--lr", type=float, default=3e-4, help="--labels: peak learning rate (1e-3 fitted BCCD better "
                                                             "but forgot PBC and blasts)")
     ap.add_argument("--distill", type=float, default=0.3, help="--labels: weight of keeping the shipped network's "
