@@ -414,6 +414,11 @@ def test_adapt_with_labels_writes_a_runnable_pipeline(tmp_path, tiny_models):
                  "--config", str(cfg_dir / "pipe.yaml"), "--epochs", "2"]) == 0
     assert Classifier(tmp_path / "rehearsed" / "classifier.pt").meta["adaptation"]["replay"] == {"cells": 13,
                                                                                                "weight": 1.0}
+    ck["replay"]["label_names"] = ["another", "label", "list"]  # cells stored under other label indices: unused
+    torch.save(ck, w)
+    assert main(["--labels", str(d / "labels.csv"), "--weights", str(w), "--out", str(tmp_path / "relabelled"),
+                 "--config", str(cfg_dir / "pipe.yaml"), "--epochs", "1"]) == 0
+    assert Classifier(tmp_path / "relabelled" / "classifier.pt").meta["adaptation"]["replay"] is None
     bad = d / "bad.csv"
     bad.write_text("path,label\nNEUTROPHIL_0.png,giraffe\n")
     assert main(["--labels", str(bad), "--weights", str(w), "--out", str(tmp_path / "x")]) == 2
