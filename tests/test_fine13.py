@@ -552,3 +552,23 @@ def test_replay_keeps_a_class_the_lab_does_not_label():
     assert blast_recall(kept) >= 0.9 > blast_recall(forgot)
     with pytest.raises(ValueError, match="stages"):
         fine_tune(kept, mean, std, lab_x, lab_y, sets, empty, np.zeros(0, int), epochs=1, blocks=6, replay=replay)
+
+
+def test_eval_adaptation_scores_only_the_cells_not_used_to_adapt(tmp_path):
+    """tools/eval_adaptation.py: the laboratory's cells of the asked splits, less those of the adaptation CSV (paths
+    relative to each CSV); a bad CSV or no cell left is a clear error."""
+    from tools.eval_adaptation import lab_cells, main
+
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    (cells / "labels.csv").write_text("path,label,split\ntrain/a.png,neutrophil,train\ntrain/b.png,eosinophil,train\n"
+                                      "val/c.png,,val\nval/d.png,lymphocyte,val\ntest/e.png,monocyte,test\n")
+    few = tmp_path / "fewshot"
+    few.mkdir()
+    (few / "labels.csv").write_text("path,label\n../cells/train/a.png,neutrophil\n")
+    got = lab_cells(cells / "labels.csv", {"train", "val"}, [few / "labels.csv"])
+    assert [(p.name, lab) for p, lab in got] == [("b.png", "eosinophil"), ("d.png", "lymphocyte")]
+    assert main(["--configs", "x.yaml", "--cells", str(tmp_path / "none.csv"), "--out", str(tmp_path / "o")]) == 2
+    (few / "all.csv").write_text("path,label\n../cells/train/b.png,eosinophil\n../cells/val/d.png,lymphocyte\n")
+    assert main(["--configs", "x.yaml", "--cells", str(cells / "labels.csv"), "--exclude", str(few / "labels.csv"),
+                 str(few / "all.csv"), "--out", str(tmp_path / "o")]) == 2  # nothing left to score
