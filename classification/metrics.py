@@ -116,3 +116,8 @@ def format_report(m: dict) -> str:
     lines.append("coverage: " + "  ".join(f">={r['threshold']}: {r['coverage']:.3f} cov, acc {r['accuracy']}"
                                           for r in m["coverage"]))
     return "\n".join(lines)
+
+
+def mean_class_of_labels(truth: list[str], pred: list[str]) -> float:
+    """Mean over the true classes (label strings) of the share predicted right, rounded to 4 places."""
+    return round(float(np.mean([np.mean([p == t for tt, p in zip(truth, pred) if tt == t]) for t in set(truth)])), 4)

@@ -109,8 +109,8 @@ def score(sets: dict, out: dict) -> dict:
     """The table's figures from ``Pipeline.classify`` results per set."""
     import numpy as np
 
+    from classification.metrics import mean_class_of_labels
     from classification.taxonomies import TAXONOMIES
-    from tools.eval_labs import mean_class
 
     def verdict(r, task):
         return r[2][task].label if task in r[2] else None
@@ -119,7 +119,7 @@ def score(sets: dict, out: dict) -> dict:
     task = {t: "pbc8" if t in TAXONOMIES["pbc8"] else "wang11" for t in truth}  # the label's taxonomy, pbc8 first
     right = [verdict(r, task[t]) == t for t, r in zip(truth, out["lab"])]
     res = {"lab_acc": round(float(np.mean(right)), 4),
-           "lab_mca": mean_class(truth, [t if ok else "" for t, ok in zip(truth, right)])}
+           "lab_mca": mean_class_of_labels(truth, [t if ok else "" for t, ok in zip(truth, right)])}
     if sets["pbc"]:
         res["pbc8_pbc_val_acc"] = round(float(np.mean([verdict(r, "pbc8") == t for (_, t), r in
                                                        zip(sets["pbc"], out["pbc"])])), 4)

@@ -219,6 +219,7 @@ def score(sets: dict, out: dict) -> dict:
     """The table's figures from the cascade's results per set (``Pipeline.classify`` tuples)."""
     import numpy as np
 
+    from classification.metrics import mean_class_of_labels as mean_class
     from classification.taxonomies import PARENT
 
     def task_label(r, task):
@@ -246,13 +247,6 @@ def score(sets: dict, out: dict) -> dict:
     for name in ("bccd_test_all", "txl_test", "txl_all"):
         res[f"blast_share_{name}"] = round(float(np.mean([r[0] == "blast" for r in out[name]])), 4)
     return res
-
-
-def mean_class(truth: list[str], pred: list[str]) -> float:
-    """Mean over the true classes of the share predicted right."""
-    import numpy as np
-
-    return round(float(np.mean([np.mean([p == t for tt, p in zip(truth, pred) if tt == t]) for t in set(truth)])), 4)
 
 
 def table(rows: dict, adabn: bool) -> str:
