@@ -123,13 +123,14 @@ def fine_tune(model, mean, std, x: np.ndarray, y: np.ndarray, sets: np.ndarray, 
     class). Returns the history and the best held-back accuracy."""
     import torch
 
+    if replay is not None and int(replay["blocks"]) < blocks:
+        raise ValueError(f"the replay set is cut {replay['blocks']} stages from the head; {blocks} are fine-tuned")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     teacher = copy.deepcopy(model).eval() if distill > 0 else None
-    if replay is not None and int(replay["blocks"]) < blocks:
-        raise ValueError(f"the replay set is cut {replay['blocks']} stages from the head; {blocks} are fine-tuned")
-    replay_tail = split_at_tail(model, int(replay["blocks"]))[1] if replay is not None else None
+    if replay is not None:
+        replay_tail, replay_y = split_at_tail(model, int(replay["blocks"]))[1], torch.as_tensor(replay["y"])
     params = trainable_tail(model, blocks)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sets_t = torch.from_numpy(np.asarray(sets, np.float32))
@@ -172,10 +173,10 @@ def fine_tune(model, mean, std, x: np.ndarray, y: np.ndarray, sets: np.ndarray, 
                     soft = torch.softmax(teacher(xb) / 2, 1)
                 loss = loss + distill * 4 * torch.nn.functional.kl_div(torch.log_softmax(logits / 2, 1), soft,
                                                                        reduction="batchmean")
-            if replay_tail is not None:
-                r = rng.choice(len(replay["y"]), min(batch, len(replay["y"])), replace=False)
-                rl = replay_tail(replay["features"][torch.from_numpy(r)].float())
-                loss = loss + replay_weight * set_loss(rl, torch.as_tensor(np.asarray(replay["y"])[r]), sets_t, 0.05)
+            if replay is not None:
+                r = torch.from_numpy(rng.choice(len(replay_y), min(batch, len(replay_y)), replace=False))
+                rl = replay_tail(replay["features"][r].float())
+                loss = loss + replay_weight * set_loss(rl, replay_y[r], sets_t, 0.05)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -566,7 +566,7 @@ def test_eval_adaptation_scores_only_the_cells_not_used_to_adapt(tmp_path):
     few = tmp_path / "fewshot"
     few.mkdir()
     (few / "labels.csv").write_text("path,label\n../cells/train/a.png,neutrophil\n")
-    got = lab_cells(cells / "labels.csv", {"train", "val"}, [few / "labels.csv"])
+    got = lab_cells(cells / "labels.csv", ["train", "val"], [few / "labels.csv"])
     assert [(p.name, lab) for p, lab in got] == [("b.png", "eosinophil"), ("d.png", "lymphocyte")]
     assert main(["--configs", "x.yaml", "--cells", str(tmp_path / "none.csv"), "--out", str(tmp_path / "o")]) == 2
     (few / "all.csv").write_text("path,label\n../cells/train/b.png,eosinophil\n../cells/val/d.png,lymphocyte\n")

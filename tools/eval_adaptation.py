@@ -24,7 +24,6 @@ Writes OUT/adaptation.json and OUT/adaptation.md.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -44,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     try:
-        lab = lab_cells(Path(args.cells), set(args.splits), [Path(p) for p in args.exclude])
+        lab = lab_cells(Path(args.cells), args.splits, [Path(p) for p in args.exclude])
     except (OSError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -88,21 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def lab_cells(labels_csv: Path, splits: set[str], exclude: list[Path]) -> list[tuple[Path, str]]:
-    """``(image path, label)`` of the labelled rows of ``labels_csv`` in ``splits`` whose image is not listed in any
-    ``exclude`` CSV (paths compared resolved)."""
-    used = set()
-    for ex in exclude:
-        with open(ex, newline="") as f:
-            used |= {(ex.parent / r["path"]).resolve() for r in csv.DictReader(f)}
-    with open(labels_csv, newline="") as f:
-        rows = list(csv.DictReader(f))
-    out = []
-    for r in rows:
-        p = (labels_csv.parent / r["path"]).resolve()
-        if r["label"] and r["split"] in splits and p not in used:
-            out.append((p, r["label"]))
-    return out
+def lab_cells(labels_csv: Path, splits: list[str], exclude: list[Path]) -> list[tuple[Path, str]]:
+    """``(image path, label)`` of the labelled rows of ``labels_csv`` in ``splits`` (in that order) whose image is
+    not listed in any ``exclude`` CSV (paths compared resolved)."""
+    from classification.data import load_label_csv
+
+    used = {p.resolve() for ex in exclude for p, _ in load_label_csv(ex)}
+    return [(p.resolve(), lab) for split in splits for p, lab in load_label_csv(labels_csv, split)
+            if p.resolve() not in used]
 
 
 def score(sets: dict, out: dict) -> dict:
